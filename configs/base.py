@@ -1,0 +1,54 @@
+"""Stage 1, base: 16x40x24 frames at 3 fps from text; 5.6B parameters.
+
+Paper Fig. 6 / Sec. 2.2. Launch on a TPU pod:
+  bash launch/tpu.sh --stage=base --config=configs/base.py:paper --workdir=gs://BUCKET/base
+Locally (bouncing digits):
+  python -m imagen_video_jax.train --config=configs/base.py:demo --workdir=runs/base
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  opts = common.parse_arg(arg, batch=0, steps=0)
+  v = opts.variant
+  stage = {
+    "paper": common.shape("base", 16, 24, 40, 3),
+    "demo": common.shape("base", 8, 16, 16, 4),
+    "runlocal": common.shape("base", 2, 8, 8, 1),
+  }[v]
+  input_stage = None
+  model = {
+    "paper": common.model_config(
+      base_channels=128,
+      channel_mult=(1, 2, 4, 8),
+      num_res_blocks=(2, 3, 4, 6),
+      spatial_attention=(False, True, True, True),
+      cross_attention=(False, True, True, True),
+      temporal_mixing=("attention",) * 4,
+    ),
+    "demo": common.model_config(
+      base_channels=32,
+      channel_mult=(1, 2, 2),
+      num_res_blocks=(1, 1, 2),
+      spatial_attention=(False, False, True),
+      cross_attention=(False, True, True),
+      temporal_mixing=("attention",) * 3,
+      head_dim=32,
+      embed_dim=128,
+    ),
+    "runlocal": common.model_config(
+      base_channels=8,
+      channel_mult=(1, 2),
+      num_res_blocks=(1, 1),
+      spatial_attention=(False, True),
+      cross_attention=(False, True),
+      temporal_mixing=("attention",) * 2,
+      head_dim=8,
+      embed_dim=32,
+    ),
+  }[v]
+  config = common.stage_config(stage, input_stage, model, v)
+  return common.apply_options(config, opts)

@@ -1,0 +1,183 @@
+"""Defaults shared by every stage config.
+
+A stage is data: `stage_config` fills every key a stage needs; each stage file
+(base.py, tsr1.py, ...) only states what differs. Every key has a one-line
+comment. `get_config(arg)` in a stage file takes `paper`, `demo` or `runlocal`,
+optionally followed by `,key=value` options (for example `paper,batch=256`).
+"""
+
+from typing import Any
+
+import ml_collections
+
+# The stages in cascade order (paper Fig. 6).
+STAGES = ("base", "tsr1", "ssr1", "ssr2", "tsr2", "tsr3", "ssr3")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `variant,key=value,...` into a ConfigDict (big_vision style).
+
+  The first comma-separated item without `=` is the variant (paper, demo or
+  runlocal). Values are cast to the type of the default; an unknown key is an
+  error naming it.
+  """
+  out = ml_collections.ConfigDict(dict(variant="demo", **defaults))
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" not in item:
+      out.variant = item
+      continue
+    key, value = item.split("=", 1)
+    if key not in out:
+      raise ValueError(
+        f"Unknown config option {key!r} in {arg!r}; known: {sorted(out.keys())}"
+      )
+    default = out[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif default is None:
+      out[key] = value
+    else:
+      out[key] = type(default)(value)
+  if out.variant not in ("paper", "demo", "runlocal"):
+    raise ValueError(
+      f"Unknown config variant {out.variant!r}; expected paper, demo or runlocal."
+    )
+  return out
+
+
+def shape(
+  name: str, frames: int, height: int, width: int, fps: float
+) -> ml_collections.ConfigDict:
+  """A stage's output shape: frames x height x width at fps."""
+  return ml_collections.ConfigDict(
+    dict(name=name, frames=frames, height=height, width=width, fps=float(fps))
+  )
+
+
+def model_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """VideoUNet keyword arguments; per-level lists run from high to low resolution."""
+  m = ml_collections.ConfigDict()
+  m.base_channels = 64  # Channels of the first level.
+  m.channel_mult = (1, 2, 4)  # Channels per level = base_channels * mult.
+  m.num_res_blocks = (
+    1,
+    2,
+    3,
+  )  # ResBlocks per level (Efficient U-Net: more at low res).
+  m.spatial_attention = (False, True, True)  # Spatial self-attention per level.
+  m.cross_attention = (False, True, True)  # Text cross-attention per level.
+  m.temporal_mixing = (
+    "conv",
+    "conv",
+    "conv",
+  )  # 'attention' | 'conv' | 'none' per level.
+  m.head_dim = 64  # Attention head size.
+  m.dropout = 0.0  # Dropout in ResBlocks.
+  m.out_channels = 3  # Prediction channels (RGB).
+  m.cond_channels = 0  # Channels of the SR conditioning video (0 for base).
+  m.use_aug_embedding = False  # Embed the noise-augmentation logSNR (SR stages).
+  m.embed_dim = (
+    256  # Width of the conditioning embedding (lambda, lambda', pooled text).
+  )
+  m.num_extra_scalars = 0  # Extra scalar conditions (distillation adds guidance w).
+  m.dtype = "float32"  # Compute dtype; parameters stay float32.
+  m.remat = "none"  # Rematerialisation: 'none' | 'block'.
+  m.update(overrides)
+  return m
+
+
+def stage_config(
+  stage: ml_collections.ConfigDict,
+  input_stage: ml_collections.ConfigDict | None,
+  model: ml_collections.ConfigDict,
+  variant: str,
+) -> ml_collections.ConfigDict:
+  """Every key of a stage's training config, with defaults for `variant`."""
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.stage.input = input_stage  # Previous stage's output shape (None for base).
+  c.stage.crop = None  # (h, w) random crop of output and conditioning (ssr3).
+  c.model = model
+  if input_stage is not None:
+    c.model.cond_channels = 3
+    c.model.use_aug_embedding = True
+
+  c.text = ml_collections.ConfigDict()
+  c.text.encoder = "byte_t5"  # 'byte_t5' (offline: bytes + seeded frozen T5) | 't5'.
+  c.text.t5_size = "xxl" if variant == "paper" else "tiny"  # T5 v1.1 size.
+  c.text.checkpoint = ""  # t5x directory or safetensors file ('' = seeded init).
+  c.text.vocab = ""  # Sentencepiece model path (encoder='t5').
+  c.text.max_length = 128 if variant == "paper" else 48  # Tokens per caption.
+  c.text.seed = 0  # Seed of the frozen encoder when no checkpoint is given.
+  c.text.precomputed = False  # Read 'text_emb' from the data instead of encoding.
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.parameterization = "v"  # 'v' (paper Sec. 2.4) | 'eps' | 'x'.
+  c.diffusion.loss = "v_mse"  # 'v_mse' | 'eps_mse' (eq. 2) | 'truncated_snr'.
+  c.diffusion.schedule = "cosine"  # Continuous logSNR schedule.
+  c.diffusion.logsnr_min = -20.0  # lambda_min of the schedule.
+  c.diffusion.logsnr_max = 20.0  # lambda_max of the schedule.
+  c.diffusion.t_sampling = "antithetic"  # 'uniform' | 'antithetic' draw of t.
+  c.diffusion.text_dropout = 0.1  # Caption dropout for classifier-free guidance.
+  c.diffusion.aug_logsnr_min = -5.0  # Noise conditioning augmentation range (SR).
+  c.diffusion.aug_logsnr_max = 20.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = "~/tensorflow_datasets" if variant == "paper" else "data/built"
+  c.data.split = "train"  # TFDS split to train on.
+  c.data.mixture = ml_collections.ConfigDict(
+    {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
+  )  # Dataset name -> sampling weight.
+  c.data.shuffle = True  # Shuffle examples (deterministic for a seed).
+  c.data.worker_count = 0  # grain worker processes (0 = in-process).
+  c.data.prefetch = 2  # Batches prefetched per host.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 1e-4 if variant == "paper" else 1e-3  # Peak learning rate.
+  c.optim.warmup_steps = 10_000 if variant == "paper" else 100  # Linear warmup.
+  c.optim.schedule = "constant"  # After warmup: 'constant' | 'cosine'.
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0  # Global-norm gradient clipping.
+
+  c.ema_decay = 0.9999 if variant == "paper" else 0.995  # EMA of parameters.
+  c.batch_size = 256 if variant == "paper" else 16  # Global batch.
+  c.total_steps = 1_000_000 if variant == "paper" else 2_000
+  c.seed = 0
+  c.log_every = 100 if variant == "paper" else 50  # Steps between metric writes.
+  c.ckpt_every = 2_000 if variant == "paper" else 500  # Steps between checkpoints.
+  c.keep_ckpts = 3  # Checkpoints kept.
+  c.max_bad_steps = 10  # Consecutive NaN/Inf steps before the run stops.
+  c.profile_steps = 0  # Steps to profile after step 10 (0 = off).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1.
+  c.logical_axis_rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("conv_out", "tensor"),
+  )  # Logical axis -> mesh axes (t5x style); unlisted axes are replicated.
+  c.dtype = "bfloat16" if variant == "paper" else "float32"  # Compute dtype.
+  c.remat = "block" if variant == "paper" else "none"  # Rematerialisation policy.
+  c.peak_flops = 0.0  # Peak FLOP/s per device for MFU (0 = look up by device kind).
+  return c
+
+
+def apply_options(
+  config: ml_collections.ConfigDict, opts: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+  """Applies the generic `,key=value` options of `parse_arg` to `config`."""
+  if opts.get("batch"):
+    config.batch_size = opts.batch
+  if opts.get("steps"):
+    config.total_steps = opts.steps
+  config.model.dtype = config.dtype
+  config.model.remat = config.remat
+  return config

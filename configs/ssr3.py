@@ -1,0 +1,61 @@
+"""Stage 7, SSR: 128x1280x768 at 24 fps from tsr3's 128x320x192; 340M parameters,
+fully convolutional, trained on crops.
+
+Paper Fig. 6 / Sec. 2.2. Launch on a TPU pod:
+  bash launch/tpu.sh --stage=ssr3 --config=configs/ssr3.py:paper --workdir=gs://BUCKET/ssr3
+Locally (bouncing digits):
+  python -m imagen_video_jax.train --config=configs/ssr3.py:demo --workdir=runs/ssr3
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  opts = common.parse_arg(arg, batch=0, steps=0)
+  v = opts.variant
+  stage = {
+    "paper": common.shape("ssr3", 128, 768, 1280, 24),
+    "demo": common.shape("ssr3", 16, 64, 64, 8),
+    "runlocal": common.shape("ssr3", 16, 256, 256, 8),
+  }[v]
+  input_stage = {
+    "paper": common.shape("tsr3", 128, 192, 320, 24),
+    "demo": common.shape("tsr1", 16, 16, 16, 8),
+    "runlocal": common.shape("tsr3", 16, 64, 64, 8),
+  }[v]
+  model = {
+    "paper": common.model_config(
+      base_channels=128,
+      channel_mult=(1, 2, 4, 8),
+      num_res_blocks=(2, 3, 4, 6),
+      spatial_attention=(False, False, False, False),
+      cross_attention=(False, False, False, False),
+      temporal_mixing=("conv",) * 4,
+    ),
+    "demo": common.model_config(
+      base_channels=32,
+      channel_mult=(1, 2, 2),
+      num_res_blocks=(1, 1, 2),
+      spatial_attention=(False, False, False),
+      cross_attention=(False, True, True),
+      temporal_mixing=("conv",) * 3,
+      head_dim=32,
+      embed_dim=128,
+    ),
+    "runlocal": common.model_config(
+      base_channels=8,
+      channel_mult=(1, 2),
+      num_res_blocks=(1, 1),
+      spatial_attention=(False, False),
+      cross_attention=(False, True),
+      temporal_mixing=("conv",) * 2,
+      head_dim=8,
+      embed_dim=32,
+    ),
+  }[v]
+  config = common.stage_config(stage, input_stage, model, v)
+  # Fully convolutional, so it trains on crops and samples at full size.
+  config.stage.crop = {"paper": (192, 320), "demo": (32, 32), "runlocal": (32, 32)}[v]
+  return common.apply_options(config, opts)

@@ -1,0 +1,58 @@
+"""Stage 5, TSR: 64x320x192 at 12 fps from ssr2's 32x320x192; 780M parameters.
+
+Paper Fig. 6 / Sec. 2.2. Launch on a TPU pod:
+  bash launch/tpu.sh --stage=tsr2 --config=configs/tsr2.py:paper --workdir=gs://BUCKET/tsr2
+Locally (bouncing digits):
+  python -m imagen_video_jax.train --config=configs/tsr2.py:demo --workdir=runs/tsr2
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  opts = common.parse_arg(arg, batch=0, steps=0)
+  v = opts.variant
+  stage = {
+    "paper": common.shape("tsr2", 64, 192, 320, 12),
+    "demo": common.shape("tsr2", 16, 32, 32, 8),
+    "runlocal": common.shape("tsr2", 8, 64, 64, 4),
+  }[v]
+  input_stage = {
+    "paper": common.shape("ssr2", 32, 192, 320, 6),
+    "demo": common.shape("ssr1", 8, 32, 32, 4),
+    "runlocal": common.shape("ssr2", 4, 64, 64, 2),
+  }[v]
+  model = {
+    "paper": common.model_config(
+      base_channels=128,
+      channel_mult=(1, 2, 4, 8),
+      num_res_blocks=(2, 3, 4, 6),
+      spatial_attention=(False, False, False, False),
+      cross_attention=(False, False, False, False),
+      temporal_mixing=("conv",) * 4,
+    ),
+    "demo": common.model_config(
+      base_channels=32,
+      channel_mult=(1, 2, 2),
+      num_res_blocks=(1, 1, 2),
+      spatial_attention=(False, False, False),
+      cross_attention=(False, True, True),
+      temporal_mixing=("conv",) * 3,
+      head_dim=32,
+      embed_dim=128,
+    ),
+    "runlocal": common.model_config(
+      base_channels=8,
+      channel_mult=(1, 2),
+      num_res_blocks=(1, 1),
+      spatial_attention=(False, False),
+      cross_attention=(False, True),
+      temporal_mixing=("conv",) * 2,
+      head_dim=8,
+      embed_dim=32,
+    ),
+  }[v]
+  config = common.stage_config(stage, input_stage, model, v)
+  return common.apply_options(config, opts)

@@ -1,0 +1,58 @@
+"""Stage 6, TSR: 128x320x192 at 24 fps from tsr2's 64x320x192; 630M parameters.
+
+Paper Fig. 6 / Sec. 2.2. Launch on a TPU pod:
+  bash launch/tpu.sh --stage=tsr3 --config=configs/tsr3.py:paper --workdir=gs://BUCKET/tsr3
+Locally (bouncing digits):
+  python -m imagen_video_jax.train --config=configs/tsr3.py:demo --workdir=runs/tsr3
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  opts = common.parse_arg(arg, batch=0, steps=0)
+  v = opts.variant
+  stage = {
+    "paper": common.shape("tsr3", 128, 192, 320, 24),
+    "demo": common.shape("tsr3", 16, 32, 32, 8),
+    "runlocal": common.shape("tsr3", 16, 64, 64, 8),
+  }[v]
+  input_stage = {
+    "paper": common.shape("tsr2", 64, 192, 320, 12),
+    "demo": common.shape("ssr1", 8, 32, 32, 4),
+    "runlocal": common.shape("tsr2", 8, 64, 64, 4),
+  }[v]
+  model = {
+    "paper": common.model_config(
+      base_channels=128,
+      channel_mult=(1, 2, 4, 8),
+      num_res_blocks=(2, 3, 4, 6),
+      spatial_attention=(False, False, False, False),
+      cross_attention=(False, False, False, False),
+      temporal_mixing=("conv",) * 4,
+    ),
+    "demo": common.model_config(
+      base_channels=32,
+      channel_mult=(1, 2, 2),
+      num_res_blocks=(1, 1, 2),
+      spatial_attention=(False, False, False),
+      cross_attention=(False, True, True),
+      temporal_mixing=("conv",) * 3,
+      head_dim=32,
+      embed_dim=128,
+    ),
+    "runlocal": common.model_config(
+      base_channels=8,
+      channel_mult=(1, 2),
+      num_res_blocks=(1, 1),
+      spatial_attention=(False, False),
+      cross_attention=(False, True),
+      temporal_mixing=("conv",) * 2,
+      head_dim=8,
+      embed_dim=32,
+    ),
+  }[v]
+  config = common.stage_config(stage, input_stage, model, v)
+  return common.apply_options(config, opts)

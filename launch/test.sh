@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command: venv, install, lint, tests (8 simulated devices).
+#   bash launch/test.sh            # everything (what CI runs)
+#   bash launch/test.sh -m "not slow"   # the quick loop; extra args go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/venv.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
+exec .venv/bin/python -m pytest -q "$@"
