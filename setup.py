@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
   "safetensors>=0.4",
   "scikit-learn>=1.4",
   "sentencepiece>=0.2",
+  "tensorboard>=2.18",  # clu.metric_writers imports it.
   "tensorflow-cpu>=2.18",
   "tensorflow-datasets>=4.9.8",
   "importlib_resources>=6.0",

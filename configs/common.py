@@ -131,6 +131,7 @@ def stage_config(
   c.data.mixture = ml_collections.ConfigDict(
     {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
   )  # Dataset name -> sampling weight.
+  c.data.source_fps = 0.0  # Source frame rate if a dataset has no 'fps' metadata.
   c.data.shuffle = True  # Shuffle examples (deterministic for a seed).
   c.data.worker_count = 0  # grain worker processes (0 = in-process).
   c.data.prefetch = 2  # Batches prefetched per host.

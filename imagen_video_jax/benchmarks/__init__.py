@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m imagen_video_jax.benchmarks.NAME`."""

@@ -1,0 +1,447 @@
+"""Per-stage training batches: TFDS array_record sources -> grain mixture.
+
+Each stage of the cascade (paper Fig. 6) trains on the same clips seen at its
+own frame rate and resolution (paper Sec. 2.6, 3):
+
+  * temporal down-sampling by frame skipping to the stage's fps;
+  * antialiased bilinear resizing to the stage's height x width;
+  * for super-resolution stages, `cond_video`: the same clip at the previous
+    stage's frames (frame skipping) and resolution;
+  * an optional random crop, the same for every frame and, scaled, for the
+    conditioning input (crop-trained stages such as ssr3);
+  * images packed as "videos" of T independent frames with `is_image=True`
+    (joint video-image training, paper Sec. 2.6);
+  * values in [-1, 1]; captions as tokens, or precomputed T5 embeddings.
+
+The pipeline is a grain `MapDataset` (random access, so its state is one
+index): every JAX process reads only its slice of each source, and batches are
+returned as global `jax.Array`s sharded on the mesh's `data` axis.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from imagen_video_jax import sharding
+
+_VIDEO, _IMAGE = "video", "image"
+# The project's TFDS dataset folders (data/NAME), buildable with `tfds build`.
+DATASETS = ("bouncing_digits", "video_text_folder", "image_text_folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """Frames x height x width at fps (a stage's output or a source's clips)."""
+
+  frames: int
+  height: int
+  width: int
+  fps: float
+
+
+class _EncodedFrames(tfds.decode.Decoder):
+  """Leaves a Video feature's frames encoded: [T] bytes, decoded when used."""
+
+  def decode_example(self, serialized_example):
+    return serialized_example
+
+  def decode_example_np(self, serialized_example):
+    return serialized_example
+
+  def decode_batch_example_np(self, serialized_example):
+    return serialized_example
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """An opened TFDS split: `data[i]` is an example dict (see `frames`)."""
+
+  name: str
+  kind: str  # 'video' | 'image'
+  data: Any
+  shape: Shape  # frames=0 for images (any number of independent frames).
+  features: tfds.features.FeaturesDict
+  encoded: bool  # Video frames left encoded in `data` (decoded by `frames`).
+
+  def frames(self, example: dict, indices: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [T, H, W, 3]: an example's video frames `indices` (all when None)."""
+    video = example["video"]
+    indices = range(len(video)) if indices is None else indices
+    if not self.encoded:
+      return np.stack([np.asarray(video[i]) for i in indices])
+    decode = self.features["video"].feature.decode_example_np
+    return np.stack([np.asarray(decode(video[i])) for i in indices])
+
+
+def build_command(name: str, data_dir: str) -> str:
+  """The commands that build TFDS dataset `name` ('dataset/config')."""
+  dataset, _, cfg = name.partition("/")
+  return (
+    f"tfds build data/{dataset} --config={cfg} --data_dir={data_dir}  (or "
+    f"python -m imagen_video_jax.data_build --dataset={dataset} --config={cfg} "
+    f"--data_dir={data_dir})"
+  )
+
+
+def open_source(
+  name: str,
+  data_dir: str,
+  split: str,
+  source_fps: float | None = None,
+  *,
+  encoded: bool = False,
+) -> Source:
+  """Opens split `split` of the built TFDS dataset `name` as a data source.
+
+  With `encoded`, video frames stay encoded until `Source.frames` decodes the
+  ones a clip uses (a stage at a lower fps decodes only those). The frame rate comes from the dataset's metadata ('fps') when present, else
+  from `source_fps`. Raises ValueError with the build command when the dataset
+  or split has not been built.
+  """
+  dataset = name.partition("/")[0]
+  if dataset not in DATASETS and not os.path.isdir(os.path.join(data_dir, dataset)):
+    raise ValueError(
+      f"Unknown dataset {name!r}: neither one of {DATASETS} nor built in {data_dir!r}."
+    )
+  try:
+    builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir))
+    features = builder.info.features
+    encoded = encoded and "video" in features
+    decoders = {"video": _EncodedFrames()} if encoded else None
+    data = builder.as_data_source(split, decoders=decoders)
+  except (tfds.core.DatasetNotFoundError, AssertionError, KeyError) as e:
+    raise ValueError(
+      f"Dataset {name!r} split {split!r} is not built in {data_dir!r}; build it "
+      f"with: {build_command(name, data_dir)}. Cause: {e}"
+    ) from e
+  if split not in builder.info.splits:
+    raise ValueError(
+      f"Dataset {name!r} has no split {split!r} (built: "
+      f"{sorted(builder.info.splits)}); build it with: "
+      f"{build_command(name, data_dir)}"
+    )
+  if "video" in features:
+    t, h, w, _ = features["video"].shape
+    kind = _VIDEO
+  elif "image" in features:
+    (h, w, _), t, kind = features["image"].shape, 0, _IMAGE
+  else:
+    raise ValueError(f"Dataset {name!r} has neither a 'video' nor an 'image' feature.")
+  metadata = builder.info.metadata or {}
+  fps = metadata.get("fps") or source_fps
+  if kind == _VIDEO and not fps:
+    raise ValueError(
+      f"Dataset {name!r} has no 'fps' metadata; set config.data.source_fps."
+    )
+  shape = Shape(t, h, w, float(fps or 0.0))
+  return Source(name, kind, data, shape, features, encoded)
+
+
+def frame_step(from_fps: float, to_fps: float, what: str) -> int:
+  """Frames skipped to go from `from_fps` to `to_fps` (an integer >= 1)."""
+  step = from_fps / to_fps
+  if step < 1 or abs(step - round(step)) > 1e-6:
+    raise ValueError(
+      f"{what}: frame rate {from_fps} / {to_fps} fps = {step} is not an "
+      "integer >= 1, so frame skipping cannot reach it."
+    )
+  return round(step)
+
+
+def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Antialiased bilinear resize, frame by frame: uint8 [T,h,w,3] -> [T,H,W,3]."""
+  if frames.shape[1:3] == (height, width):
+    return frames
+  # PIL scales the bilinear kernel's support with the down-sampling factor,
+  # i.e. it low-pass filters (antialiases) before sampling.
+  return np.stack(
+    [
+      np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR))
+      for f in frames
+    ]
+  )
+
+
+@jax.jit
+def _to_unit(frames: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1], on the devices (4x less to transfer)."""
+  # Clipped: XLA may divide by multiplying with a rounded reciprocal.
+  return jnp.clip(frames.astype(jnp.float32) / 127.5 - 1.0, -1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTransform:
+  """Turns a source clip into the stage's `video` (+ `cond_video`) example."""
+
+  stage: Shape
+  cond: Shape | None
+  crop: tuple[int, int] | None
+  source: Shape
+
+  def __post_init__(self):
+    s, src = self.stage, self.source
+    if s.height > src.height or s.width > src.width:
+      raise ValueError(
+        f"Stage resolution {s.height}x{s.width} is larger than the source's "
+        f"{src.height}x{src.width}."
+      )
+    if self.cond is not None:
+      c = self.cond
+      if c.height > s.height or c.width > s.width:
+        raise ValueError(f"Stage input {c.height}x{c.width} exceeds the stage's.")
+      if c.frames * frame_step(s.fps, c.fps, "stage.input") != s.frames:
+        raise ValueError(
+          f"Stage input {c.frames} frames at {c.fps} fps does not span the "
+          f"stage's {s.frames} frames at {s.fps} fps."
+        )
+    if src.frames:  # A video source: the clip must fit in it.
+      step = frame_step(src.fps, s.fps, "stage.fps")
+      if (s.frames - 1) * step + 1 > src.frames:
+        raise ValueError(
+          f"Stage needs {s.frames} frames at {s.fps} fps = "
+          f"{(s.frames - 1) * step + 1} source frames at {src.fps} fps; the "
+          f"source has {src.frames}."
+        )
+    if self.crop is not None:
+      ch, cw = self.crop
+      if not (0 < ch <= s.height and 0 < cw <= s.width):
+        raise ValueError(f"Crop {self.crop} does not fit in {s.height}x{s.width}.")
+      if self.cond is not None:
+        sy, sx = s.height // self.cond.height, s.width // self.cond.width
+        if (
+          sy * self.cond.height != s.height
+          or sx * self.cond.width != s.width
+          or ch % sy
+          or cw % sx
+        ):
+          raise ValueError(
+            f"Crop {self.crop} of a {s.height}x{s.width} stage with input "
+            f"{self.cond.height}x{self.cond.width} needs integer scale factors "
+            "dividing the crop."
+          )
+
+  def frame_indices(self, rng: np.random.Generator) -> np.ndarray:
+    """Source frames of a clip at the stage's fps, from a random start: [T]."""
+    step = frame_step(self.source.fps, self.stage.fps, "stage.fps")
+    span = (self.stage.frames - 1) * step + 1  # Source frames the clip covers.
+    start = rng.integers(0, self.source.frames - span + 1)
+    return start + step * np.arange(self.stage.frames)
+
+  def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> dict:
+    """uint8 [T,h,w,3] at the stage's frame rate -> the stage's uint8 example.
+
+    Returns {'video': [T,H,W,3]} (H, W = crop when cropping) plus, for SR
+    stages, {'cond_video': [T',H',W',3]}: frames [::T/T'] at the input's
+    resolution, cropped to the same region.
+    """
+    s, c = self.stage, self.cond
+    video = resize(frames, s.height, s.width)
+    if c is not None:
+      cond_frames = frames[:: s.frames // c.frames]  # Frame skipping to c.fps.
+      cond = resize(cond_frames, c.height, c.width)
+    if self.crop is not None:
+      ch, cw = self.crop
+      sy, sx = (s.height // c.height, s.width // c.width) if c else (1, 1)
+      # Offsets on the input's grid so that both crops cover the same region.
+      y = sy * rng.integers(0, (s.height - ch) // sy + 1)
+      x = sx * rng.integers(0, (s.width - cw) // sx + 1)
+      video = video[:, y : y + ch, x : x + cw]
+      if c is not None:
+        cond = cond[:, y // sy : (y + ch) // sy, x // sx : (x + cw) // sx]
+    return {"video": video} if c is None else {"video": video, "cond_video": cond}
+
+
+def _text_fields(example: dict, precomputed: bool) -> dict:
+  """{'caption': str}, or {'text_emb': [L, D], 'text_mask': [L]} if precomputed."""
+  if not precomputed:
+    caption = example["caption"]
+    return {"caption": caption.decode() if isinstance(caption, bytes) else caption}
+  emb = np.asarray(example["text_emb"], np.float32)
+  mask = example.get("text_mask")
+  mask = np.any(emb != 0, axis=-1) if mask is None else np.asarray(mask, bool)
+  return {"text_emb": emb, "text_mask": mask}
+
+
+def _example(example, rng, *, source, transform, precomputed) -> dict:
+  """A source example (a list of T image examples for images) -> stage example."""
+  if source.kind == _VIDEO:
+    frames, first = source.frames(example, transform.frame_indices(rng)), example
+  else:
+    # T independent images form one "video" (paper Sec. 2.6). The element has
+    # one text condition: the first image's caption.
+    frames, first = np.stack([np.asarray(e["image"]) for e in example]), example[0]
+  out = transform(frames, rng) | _text_fields(first, precomputed)
+  return out | {"is_image": np.bool_(source.kind == _IMAGE)}
+
+
+def _collate(elements: list[dict]) -> dict:
+  return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+
+
+class _Tokenize(grain.transforms.Map):
+  """Batch map: 'caption' strings -> 'tokens' int32 [B,L], 'text_mask' [B,L]."""
+
+  def __init__(self, text_config: ml_collections.ConfigDict):
+    from imagen_video_jax.models import tokenizers
+
+    self._tokenizer = tokenizers.make_tokenizer(text_config)
+
+  def map(self, batch: dict) -> dict:
+    batch = dict(batch)
+    tokens, mask = self._tokenizer.tokenize([str(c) for c in batch.pop("caption")])
+    batch["tokens"] = np.asarray(tokens, np.int32)
+    batch["text_mask"] = np.asarray(mask, np.bool_)
+    return batch
+
+
+def _stage_shape(c: ml_collections.ConfigDict) -> Shape:
+  return Shape(int(c.frames), int(c.height), int(c.width), float(c.fps))
+
+
+def build_local_dataset(
+  config: ml_collections.ConfigDict,
+  *,
+  split: str | None = None,
+  seed: int | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.MapDataset:
+  """This process's infinite MapDataset of host-local numpy batches.
+
+  Each element is a dict of numpy arrays with leading dim
+  `config.batch_size // process_count` (see `create_iterator` for the keys).
+  Element i depends only on (config, split, seed, process_index, i).
+  """
+  data = config.data
+  split = split or data.split
+  seed = config.seed if seed is None else seed
+  if config.batch_size % process_count:
+    raise ValueError(
+      f"config.batch_size={config.batch_size} is not divisible by the "
+      f"{process_count} processes."
+    )
+  if not data.mixture:
+    raise ValueError("config.data.mixture is empty.")
+  stage = _stage_shape(config.stage)
+  cond = _stage_shape(config.stage.input) if config.stage.input else None
+  crop = tuple(config.stage.crop) if config.stage.get("crop") else None
+  precomputed = bool(config.text.get("precomputed", False))
+  seeds = np.random.SeedSequence([seed, process_index]).generate_state(
+    2 * len(data.mixture)
+  )
+  parts, weights = [], []
+  for i, (name, weight) in enumerate(sorted(data.mixture.items())):
+    if not isinstance(weight, int | float) or weight <= 0:
+      raise ValueError(
+        f"config.data.mixture[{name!r}] = {weight!r}: weights must be positive."
+      )
+    if name.count("/") != 1:
+      raise ValueError(
+        f"Unknown dataset {name!r} in config.data.mixture: expected "
+        "'dataset/config', e.g. 'bouncing_digits/videos'."
+      )
+    source = open_source(
+      name, data.data_dir, split, data.get("source_fps"), encoded=True
+    )
+    if precomputed and "text_emb" not in source.features:
+      raise ValueError(
+        f"config.text.precomputed is set but {name!r} has no 'text_emb' feature "
+        f"(features: {source.features})."
+      )
+    transform = StageTransform(stage, cond, crop, source.shape)
+    ds = grain.MapDataset.source(source.data)[process_index::process_count]
+    if data.shuffle:
+      ds = ds.shuffle(seed=int(seeds[2 * i]))
+    ds = ds.repeat()
+    if source.kind == _IMAGE:
+      ds = ds.batch(stage.frames, batch_fn=list)  # T images -> one element.
+    fn = functools.partial(
+      _example, source=source, transform=transform, precomputed=precomputed
+    )
+    parts.append(ds.random_map(fn, seed=int(seeds[2 * i + 1])))
+    weights.append(float(weight))
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  ds = ds.batch(config.batch_size // process_count, batch_fn=_collate)
+  if not precomputed:
+    ds = ds.map(_Tokenize(config.text))
+  return ds
+
+
+class BatchIterator(Iterator[dict[str, jax.Array]]):
+  """Iterates global batches; `get_state`/`set_state` resume exactly."""
+
+  def __init__(
+    self,
+    dataset: grain.MapDataset,
+    mesh: jax.sharding.Mesh,
+    data: ml_collections.ConfigDict,
+  ):
+    self._mesh = mesh
+    ds = dataset.to_iter_dataset(
+      grain.ReadOptions(
+        num_threads=max(int(data.prefetch), 0),
+        prefetch_buffer_size=max(int(data.prefetch), 1),
+      )
+    )
+    if data.worker_count:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
+    self._it = iter(ds)
+
+  def __next__(self) -> dict[str, jax.Array]:
+    batch = sharding.global_batch(next(self._it), self._mesh)
+    for key in ("video", "cond_video"):
+      if key in batch:
+        batch[key] = _to_unit(batch[key])
+    return batch
+
+  def close(self) -> None:
+    """Stops grain's worker processes (config.data.worker_count > 0)."""
+    if hasattr(self._it, "close"):
+      self._it.close()
+
+  def get_state(self) -> str:
+    """JSON string: restoring it makes the next batch the one after this call."""
+    return json.dumps(self._it.get_state())
+
+  def set_state(self, state: str | bytes | dict) -> None:
+    if isinstance(state, str | bytes):
+      state = json.loads(state)
+    self._it.set_state(state)
+
+
+def create_iterator(
+  config: ml_collections.ConfigDict,
+  *,
+  mesh: jax.sharding.Mesh,
+  split: str | None = None,
+  seed: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> BatchIterator:
+  """Iterator of global batches sharded on `mesh`'s 'data' axis (batch dim).
+
+  Keys (B = config.batch_size; T, H, W = config.stage frames/height/width, or
+  the crop's H, W; T', H', W' = config.stage.input's, scaled by the crop):
+    'video'      f32 [B,T,H,W,3] in [-1, 1]
+    'cond_video' f32 [B,T',H',W',3] in [-1, 1] (SR stages only)
+    'is_image'   bool [B]
+    'tokens' int32 [B,L] and 'text_mask' bool [B,L], or, when
+    config.text.precomputed, 'text_emb' f32 [B,L,D] and 'text_mask' bool [B,L].
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  dataset = build_local_dataset(
+    config, split=split, seed=seed, process_index=index, process_count=count
+  )
+  return BatchIterator(dataset, mesh, config.data)

@@ -1,0 +1,386 @@
+"""Tests of imagen_video_jax/input_pipeline.py on a tiny built bouncing_digits."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from imagen_video_jax import config_utils, data_build
+from imagen_video_jax import input_pipeline as ip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SIZE, TEST_SIZE = 24, 4
+
+
+def build_tiny(data_dir: str) -> None:
+  """Builds bouncing_digits 'videos' and 'images' with TRAIN_SIZE examples."""
+  for config in ("videos", "images"):
+    data_build.build_dataset(
+      "bouncing_digits",
+      data_dir,
+      config=config,
+      train_size=TRAIN_SIZE,
+      test_size=TEST_SIZE,
+    )
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  build_tiny(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def mesh():
+  return jax.make_mesh(
+    (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+
+
+def make_config(spec, data_dir, **data):
+  config = config_utils.load_config(os.path.join(ROOT, spec))
+  config.data.data_dir = data_dir
+  config.batch_size = 8
+  config.data.prefetch = 0
+  if "mixture" in data:
+    config.data.mixture = ml_collections.ConfigDict(data.pop("mixture"))
+  config.data.update(data)
+  return config
+
+
+def source_videos(data_dir, split="train"):
+  """The built videos as TFDS decodes them, uint8 [N, 16, 64, 64, 3]."""
+  data = tfds.builder("bouncing_digits/videos", data_dir=data_dir).as_data_source(split)
+  return np.stack([np.asarray(data[i]["video"]) for i in range(len(data))])
+
+
+def take(it, n):
+  return [jax.tree.map(np.asarray, next(it)) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+# --- Transforms on synthetic clips (no data needed) ---
+
+
+def test_resize_is_antialiased():
+  # A one-pixel checkerboard averages to mid-grey under a low-pass filter;
+  # point sampling would return pure black or white.
+  board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+  frames = np.repeat(board[None, :, :, None], 3, -1)
+  small = ip.resize(frames, 16, 16).astype(float)
+  assert small.shape == (1, 16, 16, 3)
+  assert np.abs(small[:, 2:-2, 2:-2] - 127.5).max() < 3
+
+
+def test_resize_of_constant_is_constant_and_identity_is_exact():
+  frames = np.full((2, 40, 24, 3), 77, np.uint8)
+  np.testing.assert_array_equal(ip.resize(frames, 10, 6), 77)
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(ip.resize(frames, 8, 8), frames)
+
+
+def test_frame_step():
+  assert ip.frame_step(24, 6, "x") == 4
+  assert ip.frame_step(8, 8, "x") == 1
+  for bad in (3, 16):  # 8/3 is not an integer; 8/16 < 1.
+    with pytest.raises(ValueError, match=f"8 / {bad}"):
+      ip.frame_step(8, bad, "stage.fps")
+
+
+def _numbered_clip(frames=16, size=64):
+  """uint8 [T, size, size, 3]: frame t is constant 10 * t (so frames are named)."""
+  return np.broadcast_to(
+    (10 * np.arange(frames, dtype=np.uint8))[:, None, None, None],
+    (frames, size, size, 3),
+  ).copy()
+
+
+def test_frame_skipping_and_conditioning_frames():
+  transform = ip.StageTransform(
+    stage=ip.Shape(8, 32, 32, 4.0),
+    cond=ip.Shape(4, 16, 16, 2.0),
+    crop=None,
+    source=ip.Shape(16, 64, 64, 8.0),
+  )
+  seen = set()
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    idx = transform.frame_indices(rng)
+    assert idx[0] in (0, 1)  # 8 frames every 2nd span 15 of 16 source frames.
+    np.testing.assert_array_equal(np.diff(idx), 2)
+    seen.add(int(idx[0]))
+    out = transform(_numbered_clip()[idx], rng)
+    assert out["video"].shape == (8, 32, 32, 3)
+    assert out["cond_video"].shape == (4, 16, 16, 3)
+    # Stage frame k is source frame idx[k]; cond frame k is source idx[2k].
+    np.testing.assert_array_equal(out["video"][:, 0, 0, 0], 10 * idx)
+    np.testing.assert_array_equal(out["cond_video"][:, 0, 0, 0], 10 * idx[::2])
+  assert seen == {0, 1}
+
+
+def test_crop_is_shared_by_frames_and_conditioning():
+  rng = np.random.default_rng(0)
+  # A clip whose pixels name their (y, x) in the red/green channels.
+  yy, xx = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+  frame = np.stack([yy * 4, xx * 4, np.zeros_like(yy)], -1).astype(np.uint8)
+  clip = np.repeat(frame[None], 4, 0)
+  transform = ip.StageTransform(
+    stage=ip.Shape(4, 64, 64, 8.0),
+    cond=ip.Shape(4, 16, 16, 8.0),
+    crop=(32, 24),
+    source=ip.Shape(4, 64, 64, 8.0),
+  )
+  offsets = set()
+  for _ in range(10):
+    out = transform(clip, rng)
+    video, cond = out["video"], out["cond_video"]
+    assert video.shape == (4, 32, 24, 3) and cond.shape == (4, 8, 6, 3)
+    np.testing.assert_array_equal(video, video[:1].repeat(4, 0))  # Same crop.
+    y, x = video[0, 0, 0, :2].astype(int) // 4
+    offsets.add((y, x))
+    assert y % 4 == 0 and x % 4 == 0  # On the conditioning's grid.
+    full = ip.resize(clip, 16, 16)[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 6]
+    np.testing.assert_array_equal(cond, full)
+  assert len(offsets) > 1
+
+
+@pytest.mark.parametrize(
+  "stage, cond, source, match",
+  [
+    (ip.Shape(8, 128, 64, 4.0), None, ip.Shape(16, 64, 64, 8.0), "128x64"),
+    (ip.Shape(16, 64, 64, 4.0), None, ip.Shape(16, 64, 64, 8.0), "16 frames"),
+    (ip.Shape(8, 64, 64, 3.0), None, ip.Shape(16, 64, 64, 8.0), "8.0 / 3.0"),
+    (
+      ip.Shape(8, 32, 32, 4.0),
+      ip.Shape(8, 16, 16, 2.0),
+      ip.Shape(16, 64, 64, 8),
+      "8 frames",
+    ),
+  ],
+)
+def test_transform_rejects_bad_shapes(stage, cond, source, match):
+  with pytest.raises(ValueError, match=match):
+    ip.StageTransform(stage=stage, cond=cond, crop=None, source=source)
+
+
+# --- The pipeline on the built dataset ---
+
+
+@pytest.mark.parametrize(
+  "spec, cond_shape",
+  [
+    ("configs/base.py:demo", None),
+    ("configs/ssr1.py:demo", (16, 16, 16)),
+    ("configs/ssr3.py:demo", (16, 8, 8)),  # Cropped 32x32 of 64x64 -> 8x8 of 16x16.
+  ],
+)
+def test_batch_shapes_values_and_sharding(data_dir, mesh, spec, cond_shape):
+  config = make_config(spec, data_dir)
+  s = config.stage
+  batch = next(ip.create_iterator(config, mesh=mesh))
+  h, w = tuple(s.crop) if s.crop else (s.height, s.width)
+  assert batch["video"].shape == (8, s.frames, h, w, 3)
+  assert batch["video"].dtype == np.float32
+  video = np.asarray(batch["video"])
+  assert video.min() >= -1 and video.max() <= 1 and video.min() == -1
+  if cond_shape is None:
+    assert "cond_video" not in batch
+  else:
+    assert batch["cond_video"].shape == (8, *cond_shape, 3)
+  assert batch["tokens"].dtype == np.int32 and batch["text_mask"].dtype == bool
+  assert (
+    batch["tokens"].shape == batch["text_mask"].shape == (8, config.text.max_length)
+  )
+  for v in batch.values():
+    assert v.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert len(v.addressable_shards) == jax.device_count()
+  # Mixture 0.8 videos / 0.2 images.
+  assert 1 <= np.asarray(batch["is_image"]).sum() <= 2
+
+
+def test_video_examples_are_the_source_clips(data_dir, mesh):
+  """tsr1 demo: 16 frames @8 fps from 16 @8 fps; cond 8 frames @4 fps at 16x16."""
+  config = make_config(
+    "configs/tsr1.py:demo",
+    data_dir,
+    shuffle=False,
+    mixture={"bouncing_digits/videos": 1.0},
+  )
+  batch = jax.tree.map(np.asarray, next(ip.create_iterator(config, mesh=mesh)))
+  videos = source_videos(data_dir)[:8]
+  assert not batch["is_image"].any()
+  for i in range(8):
+    expect = ip.resize(videos[i], 16, 16)
+    np.testing.assert_allclose(batch["video"][i], expect / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(
+      batch["cond_video"][i], expect[::2] / 127.5 - 1, atol=1e-6
+    )
+
+
+def test_image_examples_are_independent_images(data_dir, mesh):
+  config = make_config(
+    "configs/tsr1.py:demo",
+    data_dir,
+    shuffle=False,
+    mixture={"bouncing_digits/images": 1.0},
+  )
+  batch = jax.tree.map(np.asarray, next(ip.create_iterator(config, mesh=mesh)))
+  src = ip.open_source("bouncing_digits/images", data_dir, "train")
+  assert batch["is_image"].all()
+  # Element 0 holds images 0..15 of the source, cond every 2nd of them.
+  images = np.stack([np.asarray(src.data[i]["image"]) for i in range(16)])
+  np.testing.assert_allclose(
+    batch["video"][0], ip.resize(images, 16, 16) / 127.5 - 1, atol=1e-6
+  )
+  np.testing.assert_allclose(batch["cond_video"][0], batch["video"][0, ::2], atol=1e-6)
+
+
+def test_encoded_source_decodes_only_selected_frames(data_dir):
+  encoded = ip.open_source("bouncing_digits/videos", data_dir, "train", encoded=True)
+  example = encoded.data[3]
+  assert isinstance(example["video"][0], bytes)
+  np.testing.assert_array_equal(
+    encoded.frames(example, [1, 5, 9]), source_videos(data_dir)[3, [1, 5, 9]]
+  )
+
+
+def test_determinism_and_seed(data_dir, mesh):
+  config = make_config("configs/base.py:demo", data_dir)
+  a = take(ip.create_iterator(config, mesh=mesh), 3)
+  b = take(ip.create_iterator(config, mesh=mesh), 3)
+  c = take(ip.create_iterator(config, mesh=mesh, seed=1), 3)
+  assert_batches_equal(a, b)
+  assert not np.array_equal(a[0]["video"], c[0]["video"])
+
+
+def test_processes_read_disjoint_shards(data_dir):
+  config = make_config(
+    "configs/tsr1.py:demo",
+    data_dir,
+    shuffle=False,
+    mixture={"bouncing_digits/videos": 1.0},
+  )
+  videos = source_videos(data_dir)
+  for index in range(2):
+    local = ip.build_local_dataset(config, process_index=index, process_count=2)[0]
+    assert local["video"].shape[0] == 4
+    for j in range(4):  # Process p reads source examples p, p + 2, ...
+      expect = ip.resize(videos[2 * j + index], 16, 16)
+      np.testing.assert_array_equal(local["video"][j], expect)
+
+
+def test_state_restores_exactly(data_dir, mesh):
+  config = make_config("configs/ssr1.py:demo", data_dir)
+  it = ip.create_iterator(config, mesh=mesh)
+  take(it, 2)
+  state = it.get_state()
+  json.loads(state)  # JSON-able.
+  expected = take(it, 3)
+  fresh = ip.create_iterator(config, mesh=mesh)
+  fresh.set_state(state)
+  assert_batches_equal(take(fresh, 3), expected)
+
+
+_RESUME_SCRIPT = textwrap.dedent(
+  """
+  import sys
+  import jax
+  import numpy as np
+  from imagen_video_jax import config_utils, input_pipeline as ip
+
+  mode, data_dir, state_file, out_file = sys.argv[1:]
+  config = config_utils.load_config("configs/base.py:demo")
+  config.data.data_dir, config.batch_size, config.data.prefetch = data_dir, 8, 2
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  it = ip.create_iterator(config, mesh=mesh)
+  if mode == "save":
+    for _ in range(3):
+      next(it)
+    open(state_file, "w").write(it.get_state())
+  else:
+    it.set_state(open(state_file).read())
+    batches = [jax.tree.map(np.asarray, next(it)) for _ in range(2)]
+    np.savez(out_file, **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+  """
+)
+
+
+def test_state_restores_across_process_restart(data_dir, mesh, tmp_path):
+  script, state, out = tmp_path / "run.py", tmp_path / "state.json", tmp_path / "b.npz"
+  script.write_text(_RESUME_SCRIPT)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env["PYTHONPATH"] = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
+  for mode in ("save", "restore"):
+    subprocess.run(
+      [sys.executable, str(script), mode, data_dir, str(state), str(out)],
+      check=True,
+      cwd=ROOT,
+      env=env,
+      timeout=300,
+    )
+  config = make_config("configs/base.py:demo", data_dir)
+  expected = take(ip.create_iterator(config, mesh=mesh), 5)[3:]
+  got = np.load(out)
+  for i, batch in enumerate(expected):
+    for k, v in batch.items():
+      np.testing.assert_array_equal(got[f"{i}/{k}"], v, err_msg=k)
+
+
+# --- Bad input ---
+
+
+def test_unbuilt_split_gives_build_command(data_dir, mesh, tmp_path):
+  config = make_config("configs/base.py:demo", str(tmp_path))
+  with pytest.raises(ValueError, match="tfds build data/bouncing_digits --config="):
+    ip.create_iterator(config, mesh=mesh)
+  config = make_config("configs/base.py:demo", data_dir)
+  with pytest.raises(ValueError, match="'validation'"):
+    ip.create_iterator(config, mesh=mesh, split="validation")
+
+
+@pytest.mark.parametrize(
+  "mixture, match",
+  [
+    ({"moving_mnist/videos": 1.0}, "moving_mnist/videos"),
+    ({"bouncing_digits/videos": 0.0}, "bouncing_digits/videos"),
+    ({"bouncing_digits/videos": 1.0, "bouncing_digits/images": -1.0}, "-1.0"),
+  ],
+)
+def test_bad_mixture(data_dir, mesh, mixture, match):
+  config = make_config("configs/base.py:demo", data_dir, mixture=mixture)
+  with pytest.raises(ValueError, match=match):
+    ip.create_iterator(config, mesh=mesh)
+
+
+def test_stage_larger_than_source(data_dir, mesh):
+  config = make_config("configs/base.py:demo", data_dir)
+  config.stage.height = 96
+  with pytest.raises(ValueError, match="96x16"):
+    ip.create_iterator(config, mesh=mesh)
+  config = make_config("configs/base.py:demo", data_dir)
+  config.stage.frames = 12  # 12 frames at 4 fps need 23 of the 16 source frames.
+  with pytest.raises(ValueError, match="12 frames"):
+    ip.create_iterator(config, mesh=mesh)
+
+
+def test_precomputed_needs_text_emb(data_dir, mesh):
+  config = make_config("configs/base.py:demo", data_dir)
+  config.text.precomputed = True
+  with pytest.raises(ValueError, match="text_emb"):
+    next(ip.create_iterator(config, mesh=mesh))
