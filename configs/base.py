@@ -22,21 +22,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   input_stage = None
   model = {
     "paper": common.model_config(
-      base_channels=128,
+      base_channels=256,
       channel_mult=(1, 2, 4, 8),
-      num_res_blocks=(2, 3, 4, 6),
+      num_res_blocks=(3, 4, 8, 13),
       spatial_attention=(False, True, True, True),
       cross_attention=(False, True, True, True),
       temporal_mixing=("attention",) * 4,
+      embed_dim=1024,
     ),
     "demo": common.model_config(
-      base_channels=32,
-      channel_mult=(1, 2, 2),
+      base_channels=16,
+      channel_mult=(1, 2, 4),
       num_res_blocks=(1, 1, 2),
       spatial_attention=(False, False, True),
       cross_attention=(False, True, True),
       temporal_mixing=("attention",) * 3,
-      head_dim=32,
+      head_dim=16,
       embed_dim=128,
     ),
     "runlocal": common.model_config(

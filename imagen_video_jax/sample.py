@@ -1,0 +1,254 @@
+r"""Samples videos from text through a cascade of trained stages.
+
+  python -m imagen_video_jax.sample --config=configs/cascade.py:demo \
+    --prompts=prompts.txt --outdir=samples/demo [--num_samples=4] [--seed=0] \
+    [--stages=base:tsr1] [--input_video=clip.mp4] [--save_npy] [--overwrite] \
+    [--config.stages.base.steps=128]
+
+Reads top to bottom: the cascade and its checks (all before any sampling), the
+prompts and output folder, each stage's EMA parameters, the text embeddings
+(once for all stages), one compiled sampling loop per stage, then the samples,
+batch by batch through every stage. Per sample it writes NNNN.mp4 (H.264 at the
+final stage's fps), NNNN.gif, NNNN.png (contact sheet), with --save_npy
+NNNN.npy (uint8 [T, H, W, 3]), and one line of samples.jsonl (prompt, seed,
+files, per-stage settings and seconds: its batch's wall time per sample, the
+first batch's including compilation). Sample i uses the PRNG key of seed + i,
+so `--seed=S+i --num_samples=1` redraws it alone. One host: the batch is data
+parallel over that host's devices.
+"""
+
+import json
+import os
+import re
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from imagen_video_jax import checkpointing, config_utils, video_io
+from imagen_video_jax.cascade import pipeline, stages
+from imagen_video_jax.models import text_encoder
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cascade.py:VARIANT")
+_PROMPTS = flags.DEFINE_string("prompts", None, "Prompt file: one prompt per line.")
+_OUTDIR = flags.DEFINE_string("outdir", None, "Folder the samples are written to.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of sample 0 (default config.seed).")
+_STAGES = flags.DEFINE_string(
+  "stages", "", "Stages to run: 'base,tsr1' or a range 'tsr1:ssr1' ('' = all)."
+)
+_INPUT_VIDEO = flags.DEFINE_string(
+  "input_video", "", "A video file the first (SR) stage super-resolves."
+)
+_SAVE_NPY = flags.DEFINE_bool("save_npy", False, "Also write lossless NNNN.npy.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Reuse an existing outdir.")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SAMPLE_FILE = re.compile(r"^\d{4,}\.(mp4|gif|png|npy)$|^samples\.jsonl$")
+
+
+def _load_stage_config(spec: str):
+  """Loads a stage config spec, relative to the cwd or else to the repository."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path) and not os.path.isfile(path):
+    path = os.path.join(_REPO, path)
+  return config_utils.load_config(f"{path}:{arg}" if arg else path)
+
+
+def _prepare_outdir(outdir: str, overwrite: bool) -> None:
+  """Creates `outdir`; refuses a non-empty one unless `overwrite` (then clears
+  the previous run's samples)."""
+  if os.path.exists(outdir) and not os.path.isdir(outdir):
+    raise ValueError(f"--outdir={outdir!r} exists and is not a folder.")
+  if os.path.isdir(outdir) and os.listdir(outdir):
+    if not overwrite:
+      raise ValueError(
+        f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it."
+      )
+    for name in os.listdir(outdir):
+      if _SAMPLE_FILE.match(name):
+        os.remove(os.path.join(outdir, name))
+  try:
+    os.makedirs(outdir, exist_ok=True)
+    probe = os.path.join(outdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"--outdir={outdir!r} is not writable: {e}") from e
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  os.replace(tmp, path)
+
+
+def sample(
+  cascade: ml_collections.ConfigDict,
+  *,
+  prompts_path: str,
+  outdir: str,
+  num_samples: int = 1,
+  seed: int | None = None,
+  stage_spec: str = "",
+  input_video: str = "",
+  save_npy: bool = False,
+  overwrite: bool = False,
+) -> list[dict]:
+  """Samples every prompt `num_samples` times through the cascade (see module
+  docstring; the arguments are the flags). Returns the samples.jsonl records."""
+  seed = cascade.seed if seed is None else seed
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples} must be >= 1.")
+
+  # ------------------------------------------------------------------------ #
+  # The cascade: stages, their configs, chain and text checks, checkpoints.
+  # ------------------------------------------------------------------------ #
+  names = stages.select_stages(cascade.order, stage_spec)
+  settings = [cascade.stages[n] for n in names]
+  configs = [_load_stage_config(s.config) for s in settings]
+  stages.check_chain(names, configs, from_video=bool(input_video))
+  text_config = stages.check_text(names, configs)
+  workdirs = [
+    s.workdir or os.path.join(cascade.workdir_root, n) for n, s in zip(names, settings)
+  ]
+  for name, workdir, config in zip(names, workdirs, configs):
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+      raise ValueError(f"Stage {name!r}: no checkpoint in {ckpt_dir!r}.")
+    saved_config = os.path.join(workdir, "config.json")
+    if os.path.isfile(saved_config):
+      with open(saved_config) as f:
+        saved = json.load(f)["stage"]
+      checkpointing.check_same_stage(
+        saved,
+        checkpointing.stage_summary(config),
+        f"Stage {name!r} workdir {workdir!r}",
+      )
+  logging.info("Cascade: %s", " -> ".join(names))
+
+  # ------------------------------------------------------------------------ #
+  # Prompts, output folder, input video.
+  # ------------------------------------------------------------------------ #
+  prompts = pipeline.read_prompts(prompts_path)
+  _prepare_outdir(outdir, overwrite)
+  first_input = None
+  if input_video:
+    frames, _ = video_io.read_video(input_video)
+    first_input = pipeline.load_input_video(frames, *stages.input_shape(configs[0]))
+
+  # ------------------------------------------------------------------------ #
+  # Each stage's EMA parameters, replicated on every device.
+  # ------------------------------------------------------------------------ #
+  mesh = pipeline.make_mesh()
+  replicated = jax.NamedSharding(mesh, jax.P())
+  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  variables = []
+  for name, workdir in zip(names, workdirs):
+    try:
+      params = checkpointing.restore_ema_params(workdir)
+    except (ValueError, OSError, FileNotFoundError) as e:
+      raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e
+    variables.append(jax.device_put(pipeline.as_variables(params), replicated))
+
+  # ------------------------------------------------------------------------ #
+  # Text: encoded once, shared by all stages.
+  # ------------------------------------------------------------------------ #
+  encoder = text_encoder.TextEncoder.from_config(text_config)
+  pipeline.warn_truncated(prompts, encoder.tokenizer)
+  text_emb, text_mask = encoder.encode(prompts)
+  text_emb, text_mask = np.asarray(text_emb), np.asarray(text_mask)
+
+  # ------------------------------------------------------------------------ #
+  # One compiled sampling loop per stage (batch padded to the device count).
+  # ------------------------------------------------------------------------ #
+  bar = None
+
+  def on_step(step):  # Called per sampling step (maybe once per device).
+    if bar is not None and int(step) + 1 > bar.n:
+      bar.update(int(step) + 1 - bar.n)
+
+  stage_fns = [
+    jax.jit(pipeline.make_stage_fn(c, s, on_step=on_step))
+    for c, s in zip(configs, settings)
+  ]
+  batch = pipeline.padded_batch(cascade.batch_size, jax.device_count())
+
+  # ------------------------------------------------------------------------ #
+  # Sampling, batch by batch through every stage; files per sample.
+  # ------------------------------------------------------------------------ #
+  jobs = [p for p in range(len(prompts)) for _ in range(num_samples)]
+  fps = float(configs[-1].stage.fps)
+  stage_info = {
+    n: dict(s.to_dict(), workdir=w) for n, s, w in zip(names, settings, workdirs)
+  }
+  records = []
+  num_batches = -(-len(jobs) // batch)
+  for b, start in enumerate(range(0, len(jobs), batch)):
+    index = np.arange(start, start + batch)
+    real = index < len(jobs)
+    index = np.minimum(index, len(jobs) - 1)  # Pad with copies of the last job.
+    pidx = np.asarray(jobs)[index]
+    keys = np.stack([jax.random.PRNGKey(seed + int(i)) for i in index])
+    put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
+    emb, mask = put(text_emb[pidx]), put(text_mask[pidx])
+    video = None
+    if first_input is not None:
+      video = put(np.broadcast_to(first_input, (batch, *first_input.shape)))
+    seconds = {}
+    for s, (name, fn, st) in enumerate(zip(names, stage_fns, settings)):
+      # Keyed by the stage's place in the whole cascade: a stage draws the same
+      # noise whichever --stages run it.
+      fold = jax.vmap(jax.random.fold_in, (0, None))
+      stage_keys = put(np.asarray(fold(keys, cascade.order.index(name))))
+      bar = tqdm.tqdm(total=st.steps, desc=f"{name} {b + 1}/{num_batches}", leave=False)
+      t0 = time.perf_counter()
+      video = jax.block_until_ready(fn(variables[s], stage_keys, emb, mask, video))
+      seconds[name] = (time.perf_counter() - t0) / int(real.sum())
+      bar.close()
+      bar = None
+    out = video_io.to_uint8(jax.device_get(video))
+    for row in np.flatnonzero(real):
+      i = int(index[row])
+      files = video_io.write_sample(outdir, i, out[row], fps, save_npy=save_npy)
+      records.append(
+        dict(
+          index=i,
+          prompt=prompts[jobs[i]],
+          seed=seed + i,
+          files=files,
+          stages={n: dict(stage_info[n], seconds=seconds[n]) for n in names},
+          seconds=sum(seconds.values()),
+          **({"input_video": input_video} if input_video else {}),
+        )
+      )
+    _write_jsonl(os.path.join(outdir, "samples.jsonl"), records)
+    logging.info("Wrote %d/%d samples to %s", len(records), len(jobs), outdir)
+  return records
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sample(
+    _CONFIG.value,
+    prompts_path=_PROMPTS.value,
+    outdir=_OUTDIR.value,
+    num_samples=_NUM_SAMPLES.value,
+    seed=_SEED.value,
+    stage_spec=_STAGES.value,
+    input_video=_INPUT_VIDEO.value,
+    save_npy=_SAVE_NPY.value,
+    overwrite=_OVERWRITE.value,
+  )
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "prompts", "outdir"])
+  app.run(main)

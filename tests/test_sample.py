@@ -1,0 +1,361 @@
+"""Tests of the cascade sampling binary, its stage checks and its inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import common
+from imagen_video_jax import checkpointing, config_utils, sample, video_io
+from imagen_video_jax.cascade import pipeline, stages
+from imagen_video_jax.models import t5, tokenizers, video_unet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _NoData:
+  """The data iterator a checkpoint records (none here)."""
+
+  def get_state(self):
+    return {}
+
+
+def _random_variables(config, seed):
+  """Random params of the stage's VideoUNet (shapes from eval_shape, N(0, 0.05))."""
+  s = config.stage
+  z = jnp.zeros((1, s.frames, s.height, s.width, 3))
+  kw = {} if s.input is None else dict(cond_video=z, aug_logsnr=jnp.zeros((1,)))
+  shapes = jax.eval_shape(
+    video_unet.VideoUNet(**config.model).init,
+    jax.random.PRNGKey(0),
+    z,
+    jnp.zeros((1,)),
+    jnp.zeros((1, 4, t5.t5_config(config.text.t5_size).d_model)),
+    jnp.ones((1, 4), bool),
+    **kw,
+  )
+  rng = np.random.RandomState(seed)
+  return jax.tree.map(
+    lambda x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype),
+    flax.core.meta.unbox(shapes),
+  )
+
+
+@pytest.fixture(scope="session")
+def runlocal_root(tmp_path_factory):
+  """A workdir root with an EMA checkpoint for each of the seven runlocal stages,
+  saved through the trainer's checkpointing API."""
+  root = tmp_path_factory.mktemp("runs")
+  save_runlocal_checkpoints(root)
+  return root
+
+
+def save_runlocal_checkpoints(root):
+  """Saves random EMA params of every runlocal stage under root/NAME."""
+  for i, name in enumerate(common.STAGES):
+    config = config_utils.load_config(f"configs/{name}.py:runlocal")
+    workdir = str(root / name)
+    checkpointing.prepare_workdir(workdir, config)
+    params = _random_variables(config, i)["params"]  # As train.py saves them.
+    ckpt = checkpointing.Checkpointer(
+      workdir, stage=checkpointing.stage_summary(config), async_save=False
+    )
+    state = dict(
+      params=params, opt_state={"count": np.zeros(())}, ema_params=params, step=0
+    )
+    assert ckpt.save(1, state, _NoData())
+    ckpt.close()
+
+
+def _cascade(root, **stage_overrides):
+  """The runlocal cascade with checkpoints under `root`."""
+  cascade = config_utils.load_config("configs/cascade.py:runlocal")
+  cascade.workdir_root = str(root)
+  for key, value in stage_overrides.items():
+    name, field = key.split("__")
+    cascade.stages[name][field] = value
+  return cascade
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+  path = tmp_path / "prompts.txt"
+  path.write_text("# a comment\na red 3 moving up\n\nblue 7 moving left\n")
+  return str(path)
+
+
+# --------------------------------------------------------------------------- #
+# Stage selection and chain checks.
+# --------------------------------------------------------------------------- #
+def test_select_stages():
+  order = common.STAGES
+  assert stages.select_stages(order, "") == order
+  assert stages.select_stages(order, "base,tsr1") == ("base", "tsr1")
+  assert stages.select_stages(order, "tsr1:ssr2") == ("tsr1", "ssr1", "ssr2")
+  assert stages.select_stages(order, "tsr3:") == ("tsr3", "ssr3")
+  assert stages.select_stages(order, ":tsr1") == ("base", "tsr1")
+  with pytest.raises(ValueError, match="contiguous"):
+    stages.select_stages(order, "base,ssr1")
+  with pytest.raises(ValueError, match="'nope'"):
+    stages.select_stages(order, "base:nope")
+  with pytest.raises(ValueError, match="comes after"):
+    stages.select_stages(order, "ssr1:base")
+
+
+def _configs(*specs):
+  return [config_utils.load_config(f"configs/{s}") for s in specs]
+
+
+def test_chain_check_names_both_stages_and_shapes():
+  configs = _configs("base.py:demo", "tsr1.py:runlocal")
+  with pytest.raises(
+    ValueError, match=r"'base' outputs 8x16x16 .*'tsr1' expects input 2x8x8"
+  ):
+    stages.check_chain(["base", "tsr1"], configs)
+  with pytest.raises(ValueError, match="'tsr1' needs an input video"):
+    stages.check_chain(["tsr1"], _configs("tsr1.py:demo"))
+  with pytest.raises(ValueError, match="'base' is a base stage"):
+    stages.check_chain(["base"], _configs("base.py:demo"), from_video=True)
+  stages.check_chain(["tsr1"], _configs("tsr1.py:demo"), from_video=True)
+
+
+@pytest.mark.parametrize("variant", ["paper", "demo,ssr2=True", "runlocal"])
+def test_cascade_configs_chain(variant):
+  cascade = config_utils.load_config(f"configs/cascade.py:{variant}")
+  configs = _configs(*(cascade.stages[n].config.split("/")[-1] for n in cascade.order))
+  stages.check_chain(cascade.order, configs)
+  stages.check_text(cascade.order, configs)
+
+
+def test_runlocal_cascade_has_paper_ratios():
+  """Each runlocal stage scales frames and size by the paper's factors."""
+  ratios = {}
+  for variant in ("paper", "runlocal"):
+    configs = _configs(*(f"{n}.py:{variant}" for n in common.STAGES))
+    ratios[variant] = [
+      tuple(o / i for o, i in zip(stages.output_shape(c), stages.input_shape(c)))
+      for c in configs[1:]
+    ]
+  assert ratios["runlocal"] == ratios["paper"]
+  # tsr1 x2 frames, ssr1 x2 size, ssr2 x4, tsr2 x2, tsr3 x2, ssr3 x4 (Fig. 6).
+  assert [r[0] for r in ratios["paper"]] == [2, 1, 1, 2, 2, 1]
+  assert [r[1] for r in ratios["paper"]] == [1, 2, 4, 1, 1, 4]
+
+
+def test_text_configs_must_agree():
+  configs = _configs("base.py:demo", "tsr1.py:demo")
+  configs[1].text.max_length = 7
+  with pytest.raises(ValueError, match="'tsr1' uses text config"):
+    stages.check_text(["base", "tsr1"], configs)
+
+
+# --------------------------------------------------------------------------- #
+# Prompt file.
+# --------------------------------------------------------------------------- #
+def test_read_prompts(prompt_file):
+  assert pipeline.read_prompts(prompt_file) == [
+    "a red 3 moving up",
+    "blue 7 moving left",
+  ]
+
+
+def test_prompt_file_errors(tmp_path):
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"ok\n# fine\n" + b"caf\xe9\n")
+  with pytest.raises(ValueError, match=r"bad.txt:3: line is not valid UTF-8"):
+    pipeline.read_prompts(str(bad))
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n# only a comment\n   \n")
+  with pytest.raises(ValueError, match="holds no prompt"):
+    pipeline.read_prompts(str(empty))
+  with pytest.raises(ValueError, match="does not exist"):
+    pipeline.read_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_long_prompts_warn(caplog):
+  tok = tokenizers.ByteTokenizer(max_length=8)
+  with caplog.at_level("WARNING"):
+    n = pipeline.warn_truncated(["short", "a much longer prompt"], tok)
+  assert n == 1
+  assert "truncated to 8" in caplog.text and "a much longer prompt" in caplog.text
+
+
+# --------------------------------------------------------------------------- #
+# Sampling.
+# --------------------------------------------------------------------------- #
+class _TextProbe:
+  """A stand-in model whose output shows the text it was given."""
+
+  def apply(self, variables, z, logsnr, emb, mask, **kw):
+    del variables, logsnr, kw
+    seen = emb.sum(axis=(1, 2)) + mask.sum(axis=1)
+    return jnp.zeros_like(z) + seen[:, None, None, None, None]
+
+
+def test_unconditional_half_sees_no_text():
+  """One batched call: conditional half with the text, unconditional half with
+  zero embeddings and an all-False mask (the trainer's text dropout)."""
+  emb, mask = jnp.full((1, 3, 4), 0.5), jnp.array([[True, True, False]])
+  z, logsnr = jnp.zeros((1, 2, 2, 2, 3)), jnp.zeros((1,))
+  fn = pipeline._model_fn(
+    _TextProbe(), None, None, emb, mask, None, None, single=False, extra=False
+  )
+  cond, uncond = fn(z, logsnr, 0)
+  np.testing.assert_allclose(cond, 6.0 + 2.0)
+  np.testing.assert_allclose(uncond, 0.0)
+  single = pipeline._model_fn(
+    _TextProbe(), None, None, emb, mask, None, None, single=True, extra=False
+  )
+  np.testing.assert_allclose(single(z, logsnr, 0)[1], 8.0)
+
+
+def test_input_video_becomes_first_stage_input(tmp_path):
+  """A decoded user video -> evenly spaced frames, resized, in [-1, 1]."""
+  video = np.zeros((6, 16, 16, 3), np.uint8)
+  video[:, :, :, 0] = (np.arange(6) * 40)[:, None, None]  # Frame t has red 40 t.
+  video_io.write_mp4(str(tmp_path / "in.mp4"), video, fps=6)
+  frames, _ = video_io.read_video(str(tmp_path / "in.mp4"))
+  x = pipeline.load_input_video(frames, 3, 8, 8)
+  assert x.shape == (3, 8, 8, 3)
+  expected = np.array([0, 80, 160]) / 127.5 - 1  # Frames 0, 2, 4.
+  np.testing.assert_allclose(x[..., 0].mean(axis=(1, 2)), expected, atol=0.06)
+  with pytest.raises(ValueError, match="has 6 frames; need 7"):
+    pipeline.load_input_video(frames, 7, 8, 8)
+
+
+@pytest.mark.slow
+def test_sample_is_independent_of_its_batch(runlocal_root):
+  """Sample i depends on its own key only, not on what it was batched with."""
+  config = config_utils.load_config("configs/base.py:runlocal")
+  settings = config_utils.load_config("configs/cascade.py:runlocal").stages.base
+  variables = pipeline.as_variables(
+    checkpointing.restore_ema_params(str(runlocal_root / "base"))
+  )
+  fn = jax.jit(pipeline.make_stage_fn(config, settings))
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  emb = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 64))
+  mask = jnp.ones((3, 5), bool)
+  out = fn(variables, keys, emb, mask, None)
+  assert out.shape == (3, 2, 8, 8, 3)
+  swapped = fn(variables, keys[::-1], emb[::-1], mask, None)
+  np.testing.assert_allclose(swapped[::-1], out, atol=1e-5)
+  assert not np.allclose(out[0], out[1])
+
+
+def test_missing_checkpoint_names_stage_and_path(tmp_path, prompt_file):
+  with pytest.raises(
+    ValueError, match=r"Stage 'base': no checkpoint in .*nowhere/base/checkpoints"
+  ):
+    sample.sample(
+      _cascade(tmp_path / "nowhere"), prompts_path=prompt_file, outdir=f"{tmp_path}/out"
+    )
+
+
+def test_chain_error_before_sampling(runlocal_root, tmp_path, prompt_file):
+  with pytest.raises(
+    ValueError, match="'base' outputs 2x8x8 .*'tsr1' expects input 8x16x16"
+  ):
+    sample.sample(
+      _cascade(runlocal_root, tsr1__config="configs/tsr1.py:demo"),
+      prompts_path=prompt_file,
+      outdir=f"{tmp_path}/out",
+    )
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_outdir_errors(runlocal_root, tmp_path, prompt_file):
+  kw = dict(prompts_path=prompt_file, stage_spec="base")
+  cascade = _cascade(runlocal_root)
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(ValueError, match="afile/out.*not writable"):
+    sample.sample(cascade, outdir=f"{tmp_path}/afile/out", **kw)
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "0000.mp4").write_text("old")
+  with pytest.raises(ValueError, match="not empty; pass --overwrite"):
+    sample.sample(cascade, outdir=f"{tmp_path}/full", **kw)
+
+
+@pytest.mark.slow
+def test_end_to_end_writes_every_file_kind(runlocal_root, tmp_path, prompt_file):
+  outdir = tmp_path / "samples"
+  outdir.mkdir()
+  (outdir / "0009.gif").write_text("stale")  # Cleared by --overwrite.
+  returned = sample.sample(
+    _cascade(runlocal_root),
+    prompts_path=prompt_file,
+    outdir=str(outdir),
+    stage_spec="base:tsr1",
+    num_samples=2,
+    seed=5,
+    save_npy=True,
+    overwrite=True,
+  )
+  lines = (outdir / "samples.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert records == json.loads(json.dumps(returned))
+  prompts = ["a red 3 moving up", "blue 7 moving left"]
+  assert [r["prompt"] for r in records] == [p for p in prompts for _ in range(2)]
+  assert [r["seed"] for r in records] == [5, 6, 7, 8]
+  assert list(records[0]["stages"]) == ["base", "tsr1"]
+  assert records[0]["stages"]["tsr1"]["aug_logsnr"] == pytest.approx(np.log(3))
+  assert records[0]["stages"]["base"]["steps"] == 2
+  expected_files = {"samples.jsonl"}
+  for i, r in enumerate(records):
+    files = r["files"]
+    assert files == {k: f"{i:04d}.{k}" for k in ("mp4", "gif", "png", "npy")}
+    expected_files |= set(files.values())
+    assert r["seconds"] > 0
+    video = np.load(outdir / files["npy"])
+    assert video.dtype == np.uint8 and video.shape == (4, 8, 8, 3)
+    decoded, fps = video_io.read_video(str(outdir / files["mp4"]))
+    assert decoded.shape == video.shape and fps == pytest.approx(2.0)
+    assert np.abs(decoded.astype(float) - video).mean() < 40  # Lossy; noisy video.
+    with Image.open(outdir / files["gif"]) as gif:
+      assert gif.size == (8, 8) and gif.n_frames >= 2
+    with Image.open(outdir / files["png"]) as png:
+      assert png.size == (4 * 10 + 2, 10 + 2)
+  assert set(os.listdir(outdir)) == expected_files
+  # Different seeds give different videos.
+  assert not np.array_equal(np.load(outdir / "0000.npy"), np.load(outdir / "0001.npy"))
+
+
+@pytest.mark.slow
+def test_seven_stage_runlocal_cascade(runlocal_root, tmp_path):
+  """All seven runlocal stages chain to 16x256x256 through the CLI (one device,
+  one sample, one step each; unguided late stages and XLA's fastest compile)."""
+  prompts = tmp_path / "p.txt"
+  prompts.write_text("green 1 moving down\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  cmd = [
+    sys.executable, "-m", "imagen_video_jax.sample",
+    "--config=configs/cascade.py:runlocal",
+    f"--config.workdir_root={runlocal_root}",
+    "--config.batch_size=1",
+    f"--prompts={prompts}",
+    f"--outdir={tmp_path}/out",
+    "--save_npy",
+  ] + [f"--config.stages.{n}.steps=1" for n in common.STAGES] + [
+    f"--config.stages.{n}.guidance.w=0" for n in ("ssr2", "tsr2", "tsr3", "ssr3")
+  ]  # fmt: skip
+  proc = subprocess.run(
+    cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = tmp_path / "out"
+  record = json.loads((out / "samples.jsonl").read_text())
+  assert list(record["stages"]) == list(common.STAGES)
+  assert record["stages"]["ssr3"]["steps"] == 1
+  assert record["files"] == {k: f"0000.{k}" for k in ("mp4", "gif", "png", "npy")}
+  video = np.load(out / "0000.npy")
+  assert video.shape == (16, 256, 256, 3)
+  decoded, fps = video_io.read_video(str(out / "0000.mp4"))
+  assert decoded.shape == video.shape and fps == pytest.approx(8.0)
+  with Image.open(out / "0000.gif") as gif:
+    assert gif.size == (256, 256)
