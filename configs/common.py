@@ -166,7 +166,7 @@ def stage_config(
     ("conv_out", "tensor"),
   )  # Logical axis -> mesh axes (t5x style); unlisted axes are replicated.
   c.dtype = "bfloat16" if variant == "paper" else "float32"  # Compute dtype.
-  c.remat = "block" if variant == "paper" else "none"  # Rematerialisation policy.
+  c.remat = "block" if variant == "paper" else "none"  # 'none' | 'block' | 'full'.
   c.peak_flops = 0.0  # Peak FLOP/s per device for MFU (0 = look up by device kind).
   return c
 

@@ -1,0 +1,118 @@
+r"""Throughput and memory of each demo stage's train step.
+
+  python -m imagen_video_jax.benchmarks.train                      # demo, f32
+  python -m imagen_video_jax.benchmarks.train --dtype=bfloat16 --batch=64
+
+Builds the stage's model, optimizer and sharded state exactly as train.py does
+(mesh (-1, 1, 1) over all local devices), times `--steps` calls of the jitted,
+state-donating train step on a synthetic batch, and prints steps/s,
+examples/s, TFLOP/s per device (from the compiled step's cost analysis), MFU
+where the device's peak is known, the compiled step's memory per device and
+the allocator's peak (GPU/TPU).
+"""
+
+import time
+
+import jax
+from absl import app, flags
+
+from imagen_video_jax import config_utils, sharding, train_lib
+from imagen_video_jax.models import text_encoder
+
+_STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
+_VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0 = the config's).")
+_DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype override (bfloat16).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
+
+
+def step_memory(compiled) -> float:
+  """Bytes per device of the compiled step: arguments, outputs and temporaries."""
+  m = compiled.memory_analysis()
+  return float(
+    m.temp_size_in_bytes
+    + m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    - m.alias_size_in_bytes
+  )
+
+
+def benchmark(stage: str) -> dict[str, float]:
+  """Times the train step of configs/<stage>.py:<variant>."""
+  config = config_utils.load_config(f"configs/{stage}.py:{_VARIANT.value}")
+  if _BATCH.value:
+    config.batch_size = _BATCH.value
+  if _DTYPE.value:
+    config.dtype = _DTYPE.value
+  mesh = sharding.make_mesh((-1, 1, 1))
+  rules = sharding.logical_rules(config.logical_axis_rules)
+  sharding.check_batch_size(config.batch_size, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
+  model = train_lib.make_model(config)
+  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  init_fn = train_lib.make_init_fn(config, model, tx)
+  rng = jax.random.key(0)
+  _, shardings = sharding.abstract_state(init_fn, rng, mesh, rules)
+  state = sharding.sharded_init(init_fn, rng, shardings)
+  step_fn = jax.jit(
+    train_lib.make_train_step(
+      config, model, tx, lr_fn, encoder.apply, sharding.batch_sharding(mesh, rules)
+    ),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
+  batch = sharding.global_batch(
+    train_lib.synthetic_batch(config, config.batch_size), mesh
+  )
+  text_params = jax.device_put(encoder.params, replicated)
+  compiled = step_fn.lower(state, batch, text_params).compile()
+  flops = train_lib.compiled_flops(compiled)
+  state, metrics = compiled(state, batch, text_params)  # Warm-up.
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = compiled(state, batch, text_params)
+  jax.block_until_ready((state, metrics))
+  seconds = (time.perf_counter() - start) / _STEPS.value
+  peak = train_lib.peak_flops_per_device(config)
+  tflops = flops / seconds / 1e12
+  return dict(
+    steps_per_sec=1.0 / seconds,
+    examples_per_sec=config.batch_size / seconds,
+    tflops_per_device=tflops,
+    mfu=tflops * 1e12 / peak if peak else float("nan"),
+    step_memory_mib=step_memory(compiled) / 2**20,
+    # The allocator's peak since start (GPU/TPU; cumulative over stages).
+    device_peak_mib=(jax.devices()[0].memory_stats() or {}).get(
+      "peak_bytes_in_use", float("nan")
+    )
+    / 2**20,
+    params_m=sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6,
+    batch=config.batch_size,
+  )
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  print(f"{jax.device_count()} x {device.device_kind} ({device.platform})")
+  header = (
+    "stage", "dtype", "batch", "params M", "steps/s", "examples/s",
+    "TFLOP/s/dev", "MFU", "step MiB", "device peak MiB",
+  )  # fmt: skip
+  print(" | ".join(header))
+  for stage in _STAGES.value:
+    r = benchmark(stage)
+    print(
+      f"{stage} | {_DTYPE.value or 'config'} | {r['batch']} | {r['params_m']:.2f} | "
+      f"{r['steps_per_sec']:.3f} | {r['examples_per_sec']:.2f} | "
+      f"{r['tflops_per_device']:.4f} | {r['mfu']:.3f} | {r['step_memory_mib']:.0f} | "
+      f"{r['device_peak_mib']:.0f}",
+      flush=True,
+    )
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,236 @@
+"""Device mesh, logical-axis rules and shardings (t5x / maxdiffusion style).
+
+Every parameter of the models carries logical axis names (`embed`, `heads`,
+`mlp`, `conv_out`, ...) through `nn.with_logical_partitioning`; one table of
+rules maps them to the mesh axes `data`, `fsdp` and `tensor`, so changing the
+parallelism of a run is a config edit (`config.mesh.shape`,
+`config.logical_axis_rules`). `jax.jit` with these `NamedSharding`s is what
+"pjit" means today.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Unlisted logical axes are replicated.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("conv_out", "tensor"),
+)
+
+
+def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Resolves a (data, fsdp, tensor) shape with at most one -1 entry.
+
+  Raises:
+    ValueError: naming the shape if it has the wrong length, several -1s, or
+      does not multiply to `num_devices`.
+  """
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"config.mesh.shape={shape} must have 3 entries {MESH_AXES}.")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(
+      f"config.mesh.shape={shape}: sizes must be positive, at most one may be -1."
+    )
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(
+        f"config.mesh.shape={shape} does not divide the {num_devices} devices."
+      )
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(
+      f"config.mesh.shape={shape} needs {int(np.prod(shape))} devices, "
+      f"but there are {num_devices}."
+    )
+  return shape
+
+
+def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh from `config.mesh` (or a shape tuple).
+
+  Axes are `AxisType.Auto` (GSPMD): jax 0.10's `make_mesh` defaults to
+  Explicit axes, which logical-axis rules and sharding constraints don't assume.
+  """
+  shape = getattr(mesh_config, "shape", mesh_config)
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = mesh_shape(shape, len(devices))
+  return jax.make_mesh(
+    shape,
+    MESH_AXES,
+    axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+    devices=devices,
+  )
+
+
+def logical_rules(rules: Any = None) -> tuple[tuple[str, Any], ...]:
+  """Normalises config rules (lists from JSON/ConfigDict) to tuples of pairs."""
+  if rules is None:
+    return DEFAULT_RULES
+  out = []
+  for pair in rules:
+    if len(pair) != 2:
+      raise ValueError(f"Logical axis rule {pair!r} must be (logical, mesh_axes).")
+    name, axes = pair
+    if isinstance(axes, list | tuple):
+      axes = tuple(axes)
+      unknown = [a for a in axes if a not in MESH_AXES]
+    else:
+      unknown = [axes] if axes is not None and axes not in MESH_AXES else []
+    if unknown:
+      raise ValueError(
+        f"Logical axis rule {pair!r} names mesh axes {unknown} not in {MESH_AXES}."
+      )
+    out.append((name, axes))
+  return tuple(out)
+
+
+def _axis_size(mesh: Mesh, axes: Any) -> int:
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    return mesh.shape[axes]
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Replicates the dimensions whose size the mesh axes don't divide."""
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  return PartitionSpec(
+    *(a if d % _axis_size(mesh, a) == 0 else None for a, d in zip(entries, shape))
+  )
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Any = None) -> Any:
+  """NamedShardings for a tree of (possibly logically boxed) abstract arrays.
+
+  Args:
+    abstract_tree: output of `jax.eval_shape` of an init function; leaves are
+      `nn.LogicallyPartitioned` boxes or plain `ShapeDtypeStruct`s (replicated).
+    mesh: the device mesh.
+    rules: logical axis rules (default `DEFAULT_RULES`).
+
+  Returns:
+    A tree shaped like `nn.meta.unbox(abstract_tree)` of `NamedSharding`s. A
+    dimension that a mesh axis does not divide evenly is replicated.
+  """
+  specs = nn.get_partition_spec(abstract_tree)
+  with nn.logical_axis_rules(logical_rules(rules)):
+    mesh_specs = nn.logical_to_mesh(specs)
+  shapes = nn.meta.unbox(abstract_tree)
+  return jax.tree.map(
+    lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+    mesh_specs,
+    shapes,
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
+
+
+def abstract_state(
+  init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh, rules: Any = None
+) -> tuple[Any, Any]:
+  """Shapes and shardings of `init_fn(rng)` without computing it.
+
+  Args:
+    init_fn: rng -> tree of (logically boxed) arrays, e.g. the train state.
+    rng: PRNG key for `init_fn`.
+    mesh: the device mesh.
+    rules: logical axis rules.
+
+  Returns:
+    (abstract, shardings): the unboxed tree of `ShapeDtypeStruct`s carrying
+    their shardings (a checkpoint restore target), and the `NamedSharding`s.
+  """
+  boxed = jax.eval_shape(init_fn, rng)
+  shardings = logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    nn.meta.unbox(boxed),
+    shardings,
+  )
+  return abstract, shardings
+
+
+def sharded_init(
+  init_fn: Callable[[jax.Array], Any], rng: jax.Array, shardings: Any
+) -> Any:
+  """`init_fn(rng)` unboxed and created directly in `shardings` (jit out_shardings)."""
+  return jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+
+
+def batch_axes(mesh: Mesh, rules: Any = None) -> tuple[str, ...]:
+  """The mesh axes the logical `batch` axis is split over (from the rules)."""
+  for name, axes in logical_rules(rules):
+    if name == "batch":
+      if axes is None:
+        return ()
+      return (axes,) if isinstance(axes, str) else tuple(axes)
+  return ()
+
+
+def batch_sharding(mesh: Mesh, rules: Any = None) -> NamedSharding:
+  """Sharding of a batch's leading dimension: over the rules' `batch` axes."""
+  return NamedSharding(mesh, PartitionSpec(batch_axes(mesh, rules) or None))
+
+
+def input_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of input batches: leading dimension on the `data` axis."""
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, rules: Any = None) -> None:
+  """Raises ValueError unless the global batch splits evenly over devices and hosts."""
+  axes = batch_axes(mesh, rules)
+  n = _axis_size(mesh, axes)
+  if batch_size % n:
+    raise ValueError(
+      f"config.batch_size={batch_size} is not divisible by the {n} devices of "
+      f"mesh axes {axes} (mesh {dict(mesh.shape)})."
+    )
+  if batch_size % jax.process_count():
+    raise ValueError(
+      f"config.batch_size={batch_size} is not divisible by the "
+      f"{jax.process_count()} processes."
+    )
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+  """Host-local numpy batch (this process's rows) -> global arrays on the mesh.
+
+  Args:
+    local: tree of arrays [B / process_count, ...], this process's part of the
+      global batch.
+    mesh: the device mesh.
+
+  Returns:
+    The same tree of global `jax.Array`s [B, ...], sharded as `input_sharding`.
+  """
+  sharding = input_sharding(mesh)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
+  )
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+  """Barrier over all processes through the coordination service (no collective).
+
+  Cross-host collectives (gloo on CPU) connect lazily at the first step and
+  time out if the hosts arrive far apart, e.g. when one compiles slower.
+  """
+  if jax.process_count() > 1:
+    import orbax.checkpoint as ocp  # Its barrier wraps jax's distributed client.
+
+    ocp.multihost.sync_global_processes(
+      name, timeout=timeout_s, processes=set(range(jax.process_count()))
+    )

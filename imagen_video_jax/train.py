@@ -1,0 +1,202 @@
+r"""Trains one stage of the Imagen Video cascade (paper Sec. 2.2, Fig. 6).
+
+Each stage (base, tsr1, ssr1, ...) is its own job, steered by its config:
+
+  python -m imagen_video_jax.train --config=configs/ssr1.py:demo \
+    --workdir=runs/ssr1 --config.batch_size=8
+
+On a TPU pod every worker runs the same command (launch/tpu.sh); locally,
+`launch/multihost.sh` starts several processes that simulate hosts. The script
+reads top to bottom: mesh -> workdir -> text encoder -> model and sharded state
+-> train step -> data and restore -> loop (metrics, checkpoints, SIGTERM).
+"""
+
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from imagen_video_jax import checkpointing, input_pipeline, sharding, train_lib
+from imagen_video_jax.models import text_encoder
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Stage config, e.g. configs/ssr1.py:demo.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, config and metrics.")
+_MULTIHOST = flags.DEFINE_bool(
+  "multihost", False, "jax.distributed.initialize() with cluster auto-detection."
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 (explicit multi-process)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv):
+  del argv
+  config, workdir = _CONFIG.value, _WORKDIR.value
+
+  # ------------------------------------------------------------------------ #
+  # Processes and the device mesh.
+  # ------------------------------------------------------------------------ #
+  if _COORDINATOR.value or _MULTIHOST.value:
+    jax.distributed.initialize(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.logical_axis_rules)
+  sharding.check_batch_size(config.batch_size, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  logging.info("Mesh %s over %d processes.", dict(mesh.shape), jax.process_count())
+
+  # ------------------------------------------------------------------------ #
+  # Workdir, metric writers, SIGTERM.
+  # ------------------------------------------------------------------------ #
+  checkpointing.prepare_workdir(workdir, config)
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0
+  )
+  preempted = []
+  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+
+  # ------------------------------------------------------------------------ #
+  # Frozen text encoder (paper Sec. 2): applied inside the step, or skipped
+  # when the data holds precomputed embeddings.
+  # ------------------------------------------------------------------------ #
+  if config.text.precomputed:
+    text_apply, text_params, text_shardings = None, None, None
+  else:
+    encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
+    text_apply = encoder.apply
+    ones = jnp.ones((1, 1), jnp.int32)
+    text_shardings = sharding.logical_shardings(
+      jax.eval_shape(encoder.model.init, jax.random.key(0), ones, ones > 0)["params"],
+      mesh,
+      rules,
+    )
+    text_params = jax.device_put(encoder.params, text_shardings)
+
+  # ------------------------------------------------------------------------ #
+  # Model, optimizer and the shapes and shardings of the train state
+  # {step, params, opt_state, ema_params} (from the params' logical axes).
+  # ------------------------------------------------------------------------ #
+  model = train_lib.make_model(config)
+  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  init_fn = train_lib.make_init_fn(config, model, tx)
+  rng_init = jax.random.key(config.seed)
+  abstract_state, state_shardings = sharding.abstract_state(
+    init_fn, rng_init, mesh, rules
+  )
+
+  # ------------------------------------------------------------------------ #
+  # The train step, jitted with the state's shardings and the state donated.
+  # ------------------------------------------------------------------------ #
+  train_step = jax.jit(
+    train_lib.make_train_step(
+      config, model, tx, lr_fn, text_apply, sharding.batch_sharding(mesh, rules)
+    ),
+    in_shardings=(state_shardings, sharding.input_sharding(mesh), text_shardings),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=(0,),
+  )
+
+  # ------------------------------------------------------------------------ #
+  # Data and the latest checkpoint (state, EMA and the iterator's position).
+  # ------------------------------------------------------------------------ #
+  train_iter = input_pipeline.create_iterator(config, mesh=mesh)
+  ckpt = checkpointing.Checkpointer(
+    workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+  )
+  restored = ckpt.restore(abstract_state, train_iter)
+  if restored is None:  # Created directly in its shardings, never on one device.
+    state = sharding.sharded_init(init_fn, rng_init, state_shardings)
+    logging.info("Initialised a new run in %s.", workdir)
+  else:
+    state, _ = restored
+  step = int(state["step"])
+  parameter_overview.log_parameter_overview(
+    state["params"], include_stats=False, jax_logging_process=0
+  )
+
+  # ------------------------------------------------------------------------ #
+  # The loop.
+  # ------------------------------------------------------------------------ #
+  report = periodic_actions.ReportProgress(
+    num_train_steps=config.total_steps, writer=writer, every_steps=config.log_every
+  )
+  hooks = [report]
+  if config.profile_steps and jax.process_index() == 0:
+    hooks.append(
+      periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps)
+    )
+  compiled, flops, peak = None, 0.0, train_lib.peak_flops_per_device(config)
+  history, bad_streak, bad_total = [], 0, 0
+  t_last, steps_timed = None, 0
+  while step < config.total_steps:
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = next(train_iter)
+      if compiled is None:  # Compile once; its cost analysis gives FLOPs/step.
+        compiled = train_step.lower(state, batch, text_params).compile()
+        flops = train_lib.compiled_flops(compiled)
+        sharding.wait_for_all_processes("train_step_compiled")
+      state, metrics = compiled(state, batch, text_params)
+    step += 1
+    metrics = jax.device_get(metrics)
+    for hook in hooks:
+      hook(step)
+
+    if metrics["finite"]:
+      bad_streak = 0
+      history.append(metrics)
+    else:
+      bad_streak, bad_total = bad_streak + 1, bad_total + 1
+      logging.warning("Step %d: non-finite loss or gradient; update skipped.", step)
+      if bad_streak >= config.max_bad_steps:
+        raise RuntimeError(
+          f"{bad_streak} non-finite steps in a row (config.max_bad_steps="
+          f"{config.max_bad_steps}) at step {step}; stopping."
+        )
+
+    if t_last is None:  # Timing starts after the first (compiling) step.
+      t_last = time.perf_counter()
+    else:
+      steps_timed += 1
+    if step % config.log_every == 0 or step == config.total_steps:
+      out = train_lib.summarize(history) | dict(
+        bad_steps_total=bad_total, lr=float(metrics["lr"])
+      )
+      if steps_timed:
+        dt = time.perf_counter() - t_last
+        out["examples_per_sec"] = steps_timed * config.batch_size / dt
+        out["tflops_per_device"] = steps_timed * flops / dt / 1e12
+        if peak:
+          out["mfu"] = out["tflops_per_device"] * 1e12 / peak
+        t_last, steps_timed = time.perf_counter(), 0
+      writer.write_scalars(step, out)
+      history = []
+
+    if jax.process_count() > 1:  # Every host must agree to stop on SIGTERM.
+      stop = bool(multihost_utils.process_allgather(np.int32(bool(preempted))).max())
+    else:
+      stop = bool(preempted)
+    if step % config.ckpt_every == 0 or step == config.total_steps or stop:
+      ckpt.save(step, state, train_iter)
+    if stop:
+      logging.warning("SIGTERM: saved step %d, exiting.", step)
+      break
+
+  ckpt.close()
+  writer.flush()
+  writer.close()
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,383 @@
+"""The training step of one cascade stage and the pieces it is made of.
+
+`train.py` wires these to the mesh, the data and the checkpoints. Everything
+here is a pure function of arrays and configs: the model and optimizer from
+the config, the initial state, the train step (diffusion loss, text dropout,
+SR conditioning, clipped AdamW, EMA, skipping of non-finite steps), the
+per-logSNR-bucket loss report, and the peak FLOP/s table for MFU.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from imagen_video_jax.cascade import conditioning
+from imagen_video_jax.diffusion import losses, schedules
+from imagen_video_jax.models import t5, video_unet
+
+# Edges of the logSNR buckets the loss is reported in (lambda in [-20, 20]).
+LOGSNR_BUCKETS = (-20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
+
+# Dense bf16 peak FLOP/s per device, by substring of `jax.Device.device_kind`.
+PEAK_FLOPS = (
+  ("TPU v6", 918e12),
+  ("TPU v5p", 459e12),
+  ("TPU v5", 197e12),  # v5e / 'TPU v5 lite'.
+  ("TPU v4", 275e12),
+  ("TPU v3", 123e12),
+  ("H200", 989e12),
+  ("H100", 989e12),
+  ("A100", 312e12),
+)
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int):
+  """Linear warmup to `optim.learning_rate`, then constant or cosine decay."""
+  peak, warmup = optim.learning_rate, max(int(optim.warmup_steps), 0)
+  if optim.schedule == "constant":
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+      [warmup],
+    )
+  if optim.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+      0.0, peak, max(warmup, 1), max(total_steps, warmup + 1)
+    )
+  raise ValueError(
+    f"config.optim.schedule={optim.schedule!r}; expected 'constant' or 'cosine'."
+  )
+
+
+def make_optimizer(
+  optim: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, Any]:
+  """Global-norm clipping + AdamW (decay on matrices/kernels only); (tx, lr_fn)."""
+  if optim.name != "adamw":
+    raise ValueError(f"config.optim.name={optim.name!r}; only 'adamw' is supported.")
+  lr = learning_rate_schedule(optim, total_steps)
+  tx = optax.chain(
+    optax.clip_by_global_norm(optim.grad_clip) if optim.grad_clip else optax.identity(),
+    optax.adamw(
+      lr,
+      b1=optim.b1,
+      b2=optim.b2,
+      weight_decay=optim.weight_decay,
+      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+    ),
+  )
+  return tx, lr
+
+
+def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
+  """EMA of the parameters: ema <- d * ema + (1 - d) * params.
+
+  The decay warms up as d = min(decay, (1 + step) / (10 + step)) (as in
+  TF's ExponentialMovingAverage with num_updates), so that a short run's EMA
+  is not dominated by the initial, zero-output network.
+  """
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+
+def drop_text(
+  text: jax.Array, mask: jax.Array, rng: jax.Array, rate: float
+) -> tuple[jax.Array, jax.Array]:
+  """Classifier-free guidance dropout (paper Sec. 2.3, Ho & Salimans 2022).
+
+  Args:
+    text: [B, L, D] text embeddings.
+    mask: [B, L] bool, valid tokens.
+    rng: PRNG key.
+    rate: probability that an example is made unconditional.
+
+  Returns:
+    (text, mask) with the dropped examples' embeddings and mask zeroed, the
+    null condition the sampler uses for the unconditional prediction.
+  """
+  keep = jax.random.bernoulli(rng, 1.0 - rate, text.shape[:1])
+  return text * keep[:, None, None].astype(text.dtype), mask & keep[:, None]
+
+
+def sr_conditioning(
+  cond_video: jax.Array,
+  rng: jax.Array,
+  stage: ml_collections.ConfigDict,
+  diffusion: ml_collections.ConfigDict,
+) -> tuple[jax.Array, jax.Array]:
+  """The previous stage's video as an SR stage sees it in training.
+
+  Args:
+    cond_video: [B, T', H', W', C] the clip at the input stage's shape.
+    rng: PRNG key.
+    stage: config.stage (frames, height, width; crop replaces height/width).
+    diffusion: config.diffusion (aug_logsnr_min, aug_logsnr_max).
+
+  Returns:
+    (z', aug_logsnr): the video upsampled to [B, T, H, W, C] and noised at
+    lambda' ~ U[aug_logsnr_min, aug_logsnr_max] per example (paper Sec. 2.5,
+    noise conditioning augmentation), and lambda' [B].
+  """
+  height, width = (
+    tuple(stage.crop) if stage.get("crop") else (stage.height, stage.width)
+  )
+  video = conditioning.upsample(cond_video, stage.frames, height, width)
+  rng_level, rng_noise = jax.random.split(rng)
+  aug_logsnr = jax.random.uniform(
+    rng_level,
+    video.shape[:1],
+    minval=diffusion.aug_logsnr_min,
+    maxval=diffusion.aug_logsnr_max,
+  )
+  z, _ = conditioning.noise_augment(video, rng_noise, aug_logsnr)
+  return z, aug_logsnr
+
+
+def bucket_sums(loss: jax.Array, logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Sums and counts of per-example losses [B] per logSNR bucket -> ([K], [K])."""
+  edges = jnp.asarray(LOGSNR_BUCKETS)
+  index = jnp.clip(jnp.searchsorted(edges, logsnr, side="right") - 1, 0, len(edges) - 2)
+  onehot = jax.nn.one_hot(index, len(edges) - 1, dtype=jnp.float32)
+  return onehot.T @ loss.astype(jnp.float32), onehot.sum(0)
+
+
+def bucket_names() -> list[str]:
+  """Metric names of the buckets, e.g. 'loss_logsnr[-5,0)'."""
+  e = LOGSNR_BUCKETS
+  return [f"loss_logsnr[{e[i]:g},{e[i + 1]:g})" for i in range(len(e) - 1)]
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
+  """Means of loss and grad norm over host metrics of steps, and bucket losses."""
+  if not history:
+    return {}
+  out = {k: float(np.mean([m[k] for m in history])) for k in ("loss", "grad_norm")}
+  sums = np.sum([m["bucket_sums"] for m in history], 0)
+  counts = np.sum([m["bucket_counts"] for m in history], 0)
+  for name, s, c in zip(bucket_names(), sums, counts):
+    if c:
+      out[name] = float(s / c)
+  return out
+
+
+def peak_flops_per_device(config: ml_collections.ConfigDict) -> float:
+  """config.peak_flops, else the table's entry for the device kind (0 unknown)."""
+  if config.get("peak_flops"):
+    return float(config.peak_flops)
+  kind = jax.devices()[0].device_kind
+  return next((f for name, f in PEAK_FLOPS if name in kind), 0.0)
+
+
+def compiled_flops(compiled: Any) -> float:
+  """FLOPs of one call of a compiled (per-device SPMD) program; 0 if unknown."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list | tuple):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+# --------------------------------------------------------------------------- #
+# Model, state and the train step.
+# --------------------------------------------------------------------------- #
+def make_model(config: ml_collections.ConfigDict) -> video_unet.VideoUNet:
+  """VideoUNet(**config.model) with the run's compute dtype and remat policy."""
+  if config.remat not in ("none", "block", "full"):
+    raise ValueError(f"config.remat={config.remat!r}; expected none, block or full.")
+  return video_unet.VideoUNet(
+    **dict(
+      config.model,
+      dtype=config.dtype,
+      remat="none" if config.remat == "none" else "block",
+    )
+  )
+
+
+def text_dim(config: ml_collections.ConfigDict) -> int:
+  """Width D of the text embeddings (T5 d_model of config.text.t5_size)."""
+  return t5.t5_config(config.text.t5_size).d_model
+
+
+def stage_hw(stage: ml_collections.ConfigDict) -> tuple[int, int]:
+  """Training height and width: the crop's when the stage trains on crops."""
+  return tuple(stage.crop) if stage.get("crop") else (stage.height, stage.width)
+
+
+def make_init_fn(
+  config: ml_collections.ConfigDict,
+  model: video_unet.VideoUNet,
+  tx: optax.GradientTransformation,
+) -> Callable[[jax.Array], dict[str, Any]]:
+  """rng -> initial train state {step, params, opt_state, ema_params} (boxed)."""
+  stage, length = config.stage, config.text.max_length
+  is_sr = stage.input is not None
+  x_shape = (1, stage.frames, *stage_hw(stage), config.model.out_channels)
+
+  def init_fn(rng: jax.Array) -> dict[str, Any]:
+    variables = model.init(
+      {"params": rng, "dropout": rng},
+      jnp.zeros(x_shape),
+      jnp.zeros((1,)),
+      jnp.zeros((1, length, text_dim(config))),
+      jnp.ones((1, length), bool),
+      cond_video=jnp.zeros(x_shape[:-1] + (config.model.cond_channels,))
+      if is_sr
+      else None,
+      aug_logsnr=jnp.zeros((1,)) if is_sr else None,
+      is_image=jnp.zeros((1,), bool),
+    )
+    params = variables["params"]
+    return dict(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      ema_params=params,
+    )
+
+  return init_fn
+
+
+def make_train_step(
+  config: ml_collections.ConfigDict,
+  model: video_unet.VideoUNet,
+  tx: optax.GradientTransformation,
+  lr_fn: Callable[[jax.Array], jax.Array],
+  text_apply: Callable[..., jax.Array] | None = None,
+  batch_sharding: jax.sharding.Sharding | None = None,
+) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
+  """The train step (state, batch, text_params) -> (state, metrics), unjitted.
+
+  Args:
+    config: the stage config.
+    model: the VideoUNet.
+    tx: optimizer; lr_fn its learning-rate schedule (for the report).
+    lr_fn: step -> learning rate.
+    text_apply: frozen text encoder (params, tokens [B,L], mask [B,L]) ->
+      [B,L,D]; None when batches carry precomputed 'text_emb'.
+    batch_sharding: sharding constraint of the batch's activations.
+
+  A step's randomness is `fold_in(seed, step)`, so a resumed run repeats the
+  uninterrupted one exactly. A non-finite loss, gradient or update leaves
+  params, optimizer state and EMA untouched (metrics['finite'] is False).
+  """
+  stage, diffusion = config.stage, config.diffusion
+  is_sr = stage.input is not None
+  logsnr_fn = schedules.get_logsnr_fn(
+    diffusion.schedule, diffusion.logsnr_min, diffusion.logsnr_max
+  )
+
+  def train_step(state, batch, text_params):
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+    rng_text, rng_cond, rng_loss, rng_dropout = jax.random.split(rng, 4)
+    if text_apply is None:
+      text = batch["text_emb"]
+    else:  # Frozen T5 (paper Sec. 2): no gradient flows into it.
+      text = jax.lax.stop_gradient(
+        text_apply(text_params, batch["tokens"], batch["text_mask"])
+      )
+    text, mask = drop_text(text, batch["text_mask"], rng_text, diffusion.text_dropout)
+    cond = dict(text=text, mask=mask, is_image=batch["is_image"])
+    if is_sr:
+      cond["video"], cond["aug_logsnr"] = sr_conditioning(
+        batch["cond_video"], rng_cond, stage, diffusion
+      )
+
+    def loss_fn(params):
+      def denoise_fn(z, logsnr, c):
+        return model.apply(
+          {"params": params},
+          z,
+          logsnr,
+          c["text"],
+          c["mask"],
+          cond_video=c.get("video"),
+          aug_logsnr=c.get("aug_logsnr"),
+          is_image=c["is_image"],
+          train=True,
+          rngs={"dropout": rng_dropout},
+        )
+
+      loss, logsnr = losses.diffusion_loss(
+        denoise_fn,
+        batch["video"],
+        rng_loss,
+        cond,
+        logsnr_fn=logsnr_fn,
+        parameterization=diffusion.parameterization,
+        loss=diffusion.loss,
+        t_sampling=diffusion.t_sampling,
+      )
+      return loss.mean(), (loss, logsnr)
+
+    if config.remat == "full":
+      loss_fn = jax.checkpoint(loss_fn)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (per_example, logsnr)), grads = grad_fn(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = dict(
+      params=params,
+      opt_state=opt_state,
+      ema_params=ema_update(
+        state["ema_params"], params, config.ema_decay, state["step"]
+      ),
+    )
+    grad_norm = optax.global_norm(grads)
+    finite = (
+      jnp.isfinite(loss)
+      & jnp.isfinite(grad_norm)
+      & jnp.isfinite(optax.global_norm(updates))
+    )
+    # NaN/Inf in the loss, gradients or update: the update is not applied.
+    new = jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new}
+    )
+    sums, counts = bucket_sums(per_example, logsnr)
+    metrics = dict(
+      loss=loss,
+      grad_norm=grad_norm,
+      lr=lr_fn(state["step"]),
+      finite=finite,
+      bucket_sums=sums,
+      bucket_counts=counts,
+    )
+    return dict(new, step=state["step"] + 1), metrics
+
+  return train_step
+
+
+def synthetic_batch(
+  config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
+) -> dict[str, Any]:
+  """A host-local batch shaped as the input pipeline's, of random values.
+
+  For benchmarks and tests: 'video' [B,T,H,W,3] (and 'cond_video' at the
+  input stage's shape) uniform in [-1, 1], every 4th example an image, byte
+  tokens on the first half of the caption length (or 'text_emb' when
+  config.text.precomputed).
+  """
+  rng = np.random.default_rng(seed)
+  stage, length = config.stage, config.text.max_length
+  h, w = stage_hw(stage)
+  batch = {
+    "video": rng.uniform(-1, 1, (batch_size, stage.frames, h, w, 3)),
+    "is_image": np.arange(batch_size) % 4 == 0,
+    "text_mask": np.arange(length)[None, :].repeat(batch_size, 0) < length // 2,
+  }
+  if stage.input is not None:
+    s_in = stage.input
+    scale_h, scale_w = h / stage.height, w / stage.width  # Crops scale the input.
+    shape = (s_in.frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
+    batch["cond_video"] = rng.uniform(-1, 1, (batch_size, *shape))
+  if config.text.precomputed:
+    batch["text_emb"] = rng.normal(size=(batch_size, length, text_dim(config)))
+  else:
+    batch["tokens"] = rng.integers(3, 259, (batch_size, length)).astype(np.int32)
+  return {
+    k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in batch.items()
+  }

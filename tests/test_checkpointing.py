@@ -1,0 +1,141 @@
+"""Tests of imagen_video_jax/checkpointing.py on a small hand-made train state."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from imagen_video_jax import checkpointing, config_utils, sharding
+
+STAGE = {"name": "base", "frames": 2, "height": 8, "width": 8}
+
+
+class FakeIterator:
+  """get_state/set_state like the input pipeline's iterator."""
+
+  def __init__(self, position=0, as_bytes=False):
+    self.position, self.as_bytes = position, as_bytes
+
+  def get_state(self):
+    state = f'{{"position": {self.position}}}'
+    return state.encode() if self.as_bytes else state
+
+  def set_state(self, state):
+    if isinstance(state, bytes):
+      state = state.decode()
+    self.position = int(state.split(":")[1].strip(" }"))
+
+
+def make_state(scale: float = 1.0):
+  params = {
+    "dense": {"kernel": scale * jnp.arange(12.0).reshape(4, 3), "bias": jnp.ones(3)}
+  }
+  tx = optax.adamw(1e-3)
+  return dict(
+    step=jnp.array(7, jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    ema_params=jax.tree.map(lambda x: 0.5 * x, params),
+  )
+
+
+def abstract_of(state, mesh):
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
+  )
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return sharding.make_mesh((-1, 1, 1))
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_save_restore_round_trip_keeps_n_and_data_state(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE, keep=2)
+  state = make_state()
+  for step in (1, 2, 3):
+    assert ckpt.save(step, state, FakeIterator(position=10 * step, as_bytes=True))
+  ckpt.wait()
+  assert sorted(ckpt.manager.all_steps()) == [2, 3]
+  iterator = FakeIterator(as_bytes=True)
+  restored, step = ckpt.restore(abstract_of(state, mesh), iterator)
+  ckpt.close()
+  assert step == 3 and iterator.position == 30
+  assert_trees_equal(restored, state)
+  assert type(restored["opt_state"][0]) is type(state["opt_state"][0])
+
+
+def test_restore_ema_params_gives_host_arrays(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE)
+  state = make_state()
+  ckpt.save(5, state, FakeIterator())
+  ckpt.close()
+  ema = checkpointing.restore_ema_params(str(tmp_path))
+  assert isinstance(ema["dense"]["kernel"], np.ndarray)
+  assert_trees_equal(ema, state["ema_params"])
+  with pytest.raises(ValueError, match="No checkpoints"):
+    checkpointing.restore_ema_params(str(tmp_path / "elsewhere"))
+
+
+def test_damaged_latest_falls_back_to_previous(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE, keep=3)
+  ckpt.save(1, make_state(1.0), FakeIterator(position=1))
+  ckpt.save(2, make_state(2.0), FakeIterator(position=2))
+  ckpt.wait()
+  for path in glob.glob(
+    str(tmp_path / "checkpoints" / "2" / "state" / "**"), recursive=True
+  ):
+    if os.path.isfile(path) and "_METADATA" not in path:
+      os.remove(path)  # The array data of the latest checkpoint is lost.
+  iterator = FakeIterator()
+  restored, step = ckpt.restore(abstract_of(make_state(), mesh), iterator)
+  ckpt.close()
+  assert step == 1 and iterator.position == 1
+  assert_trees_equal(restored["params"], make_state(1.0)["params"])
+
+
+def test_non_finite_params_are_never_saved(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE)
+  state = make_state()
+  state["params"]["dense"]["bias"] = jnp.array([0.0, jnp.nan, 0.0])
+  assert not ckpt.save(1, state, FakeIterator())
+  ckpt.close()
+  assert ckpt.latest_step() is None
+
+
+def test_checkpoint_from_another_stage_is_refused(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE)
+  ckpt.save(1, make_state(), FakeIterator())
+  ckpt.close()
+  other = dict(STAGE, name="ssr1", height=16, width=16)
+  with pytest.raises(ValueError, match="'base'.*'ssr1'"):
+    checkpointing.Checkpointer(str(tmp_path), stage=other).restore(
+      abstract_of(make_state(), mesh), FakeIterator()
+    )
+
+
+def test_prepare_workdir_writes_config_and_checks_stage(tmp_path):
+  base = config_utils.load_config("configs/base.py:runlocal")
+  checkpointing.prepare_workdir(str(tmp_path), base)
+  assert "base" in (tmp_path / "config.json").read_text()
+  checkpointing.prepare_workdir(str(tmp_path), base)  # Same stage: fine.
+  ssr1 = config_utils.load_config("configs/ssr1.py:runlocal")
+  with pytest.raises(ValueError, match="'base'.*'ssr1'"):
+    checkpointing.prepare_workdir(str(tmp_path), ssr1)
+
+
+def test_unwritable_workdir_is_named(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  config = config_utils.load_config("configs/base.py:runlocal")
+  with pytest.raises(ValueError, match="a_file/run"):
+    checkpointing.prepare_workdir(str(blocker / "run"), config)

@@ -1,0 +1,138 @@
+"""Tests of imagen_video_jax/sharding.py: mesh, logical rules, sharded train step.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=8.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from imagen_video_jax import config_utils, sharding, train_lib
+from imagen_video_jax.models import text_encoder
+
+needs_8 = pytest.mark.skipif(
+  jax.device_count() < 8,
+  reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8",
+)
+
+
+@needs_8
+def test_make_mesh_resolves_minus_one_with_auto_axes():
+  mesh = sharding.make_mesh((-1, 2, 1))
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+
+
+@pytest.mark.parametrize(
+  "shape, match",
+  [
+    ((3, -1, 1), "does not divide"),
+    ((-1, -1, 1), "at most one"),
+    ((2, 2), "3 entries"),
+    ((2, 2, 1), "needs 4 devices, but there are 8"),
+  ],
+)
+def test_mesh_shape_rejects_bad_shapes(shape, match):
+  with pytest.raises(ValueError, match=match):
+    sharding.mesh_shape(shape, 8)
+
+
+def test_mesh_shape_resolves_minus_one():
+  assert sharding.mesh_shape((2, -1, 2), 8) == (2, 2, 2)
+  assert sharding.mesh_shape((-1, 1, 1), 1) == (1, 1, 1)
+
+
+@needs_8
+def test_logical_shardings_follow_rules_and_replicate_uneven_dims():
+  class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      w = self.param(
+        "w",
+        nn.with_logical_partitioning(nn.initializers.ones, ("embed", "mlp")),
+        (4, 6),
+      )
+      v = self.param(
+        "v",
+        nn.with_logical_partitioning(nn.initializers.ones, ("embed", "mlp")),
+        (4, 3),
+      )
+      return x @ w, x @ v
+
+  mesh = sharding.make_mesh((2, 2, 2))
+  abstract = jax.eval_shape(Dense().init, jax.random.key(0), jnp.ones((1, 4)))
+  out = sharding.logical_shardings(abstract, mesh)["params"]
+  assert out["w"].spec == P("fsdp", "tensor")
+  assert out["v"].spec == P("fsdp", None)  # 3 columns don't split over tensor=2.
+
+
+@needs_8
+def test_batch_size_must_divide_the_batch_axes():
+  mesh = sharding.make_mesh((2, 2, 2))
+  sharding.check_batch_size(8, mesh)
+  with pytest.raises(ValueError, match=r"batch_size=6 .* 4 devices"):
+    sharding.check_batch_size(6, mesh)
+
+
+def test_rules_naming_unknown_mesh_axes_are_rejected():
+  with pytest.raises(ValueError, match="model"):
+    sharding.logical_rules([("embed", "model")])
+
+
+def one_step_fn(config, mesh):
+  """(train step jitted on `mesh`, initial state, text params)."""
+  rules = sharding.logical_rules(config.logical_axis_rules)
+  model = train_lib.make_model(config)
+  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  init_fn = train_lib.make_init_fn(config, model, tx)
+  _, shardings = sharding.abstract_state(init_fn, jax.random.key(0), mesh, rules)
+  state = sharding.sharded_init(init_fn, jax.random.key(0), shardings)
+  encoder = text_encoder.TextEncoder.from_config(config.text)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  step = jax.jit(
+    train_lib.make_train_step(
+      config, model, tx, lr_fn, encoder.apply, sharding.batch_sharding(mesh, rules)
+    ),
+    out_shardings=(shardings, replicated),
+  )
+  return step, state, jax.device_put(encoder.params, replicated)
+
+
+@pytest.mark.slow
+@needs_8
+def test_one_step_on_2x2x2_mesh_equals_one_device_and_nan_steps_are_skipped():
+  config = config_utils.load_config("configs/base.py:runlocal,batch=8")
+  config.optim.warmup_steps = 0  # A non-zero learning rate at step 0.
+  batch = train_lib.synthetic_batch(config, 8)
+  mesh8 = sharding.make_mesh((2, 2, 2))
+  step8, state8, text8 = one_step_fn(config, mesh8)
+  state8, metrics8 = step8(state8, sharding.global_batch(batch, mesh8), text8)
+  specs = [x.sharding.spec for x in jax.tree.leaves(state8["params"])]
+  assert any("tensor" in str(s) for s in specs) and any("fsdp" in str(s) for s in specs)
+  mesh1 = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  step1, state1, text1 = one_step_fn(config, mesh1)
+  init1 = jax.device_get(state1)
+  state1, metrics1 = step1(state1, sharding.global_batch(batch, mesh1), text1)
+  np.testing.assert_allclose(metrics8["loss"], metrics1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics8["grad_norm"], metrics1["grad_norm"], rtol=1e-4)
+  params8, params1 = jax.device_get((state8["params"], state1["params"]))
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), params1, init1["params"])
+  assert max(jax.tree.leaves(moved)) > 1e-4  # The step did change the params.
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    params8,
+    params1,
+  )
+  # A NaN in the batch: the step reports it and leaves the state as it was.
+  batch["video"][0, 0, 0, 0, 0] = np.nan
+  before = jax.device_get(state1)
+  after, metrics = step1(state1, sharding.global_batch(batch, mesh1), text1)
+  assert not metrics["finite"] and int(after["step"]) == int(before["step"]) + 1
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    {k: before[k] for k in ("params", "opt_state", "ema_params")},
+    jax.device_get({k: after[k] for k in ("params", "opt_state", "ema_params")}),
+  )

@@ -1,0 +1,222 @@
+"""End-to-end tests of the training binary (imagen_video_jax/train.py).
+
+Each test runs `python -m imagen_video_jax.train` in subprocesses on the tiny
+bouncing_digits build, with the runlocal configs; a shared persistent
+compilation cache makes the repeated runs of one config compile once.
+"""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from imagen_video_jax import config_utils, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def train_env(compile_cache: str, devices: int = 1) -> dict[str, str]:
+  env = dict(os.environ)
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=compile_cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
+  return env
+
+
+def train_args(stage: str, workdir, data_dir: str, *overrides: str) -> list[str]:
+  return [
+    f"--config=configs/{stage}.py:runlocal",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.batch_size=4",
+    "--config.log_every=1",
+    "--config.optim.warmup_steps=5",
+    f"--config.total_steps={STEPS}",
+    *overrides,
+  ]
+
+
+def start(args, env, log_path) -> subprocess.Popen:
+  with open(log_path, "ab") as log:
+    return subprocess.Popen(
+      [sys.executable, "-m", "imagen_video_jax.train", *args],
+      cwd=ROOT,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
+
+
+def run(args, env, log_path, timeout=600) -> None:
+  proc = start(args, env, log_path)
+  if proc.wait(timeout=timeout) != 0:
+    with open(log_path) as f:
+      tail = f.read()[-4000:]
+    raise AssertionError(f"train exited with {proc.returncode}:\n{tail}")
+
+
+def logged_losses(workdir, files=None) -> dict[int, float]:
+  """step -> 'loss' from the TensorBoard event files (float32, exact)."""
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+
+  out = {}
+  for path in sorted(files or glob.glob(os.path.join(workdir, "events.out.*"))):
+    for event in event_file_loader.EventFileLoader(path).Load():
+      for value in event.summary.value:
+        if value.tag == "loss":
+          out[event.step] = float(tensor_util.make_ndarray(value.tensor))
+  return out
+
+
+def wait_for(predicate, proc, timeout=600, what=""):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      raise AssertionError(f"train exited ({proc.returncode}) before {what}")
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.05)
+
+
+def assert_loss_falls(losses: dict[int, float]) -> None:
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  first = np.mean([losses[s] for s in range(1, 6)])
+  last = np.mean([losses[s] for s in range(STEPS - 4, STEPS + 1)])
+  assert last < 0.9 * first, (first, last)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, bouncing_digits_dir, compile_cache):
+  """base runlocal trained STEPS steps straight through, checkpointing every 10."""
+  workdir = tmp_path_factory.mktemp("straight")
+  args = train_args("base", workdir, bouncing_digits_dir, "--config.ckpt_every=10")
+  run(args, train_env(compile_cache), workdir / "log.txt")
+  return args, logged_losses(workdir)
+
+
+@pytest.mark.slow
+def test_base_loss_falls(straight_run):
+  assert_loss_falls(straight_run[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["tsr1", "ssr1"])
+def test_sr_stage_loss_falls(stage, tmp_path, bouncing_digits_dir, compile_cache):
+  run(
+    train_args(stage, tmp_path, bouncing_digits_dir, "--config.ckpt_every=1000"),
+    train_env(compile_cache),
+    tmp_path / "log.txt",
+  )
+  assert_loss_falls(logged_losses(tmp_path))
+  assert (tmp_path / "checkpoints" / str(STEPS)).is_dir()
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_repeats_the_straight_run_bitwise(
+  straight_run, tmp_path, bouncing_digits_dir, compile_cache
+):
+  args, straight = straight_run
+  args = [a for a in args if not a.startswith("--workdir")] + [f"--workdir={tmp_path}"]
+  env, log = train_env(compile_cache), tmp_path / "log.txt"
+  proc = start(args, env, log)
+  wait_for(
+    lambda: (tmp_path / "checkpoints" / "10").is_dir(), proc, what="checkpoint 10"
+  )
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  before = set(glob.glob(str(tmp_path / "events.out.*")))
+  run(args, env, log)
+  resumed = logged_losses(
+    tmp_path, set(glob.glob(str(tmp_path / "events.out.*"))) - before
+  )
+  assert resumed, "the restarted run trained no step"
+  first = min(resumed)
+  assert first > 10 and sorted(resumed) == list(range(first, STEPS + 1))
+  assert resumed == {s: straight[s] for s in resumed}  # Bitwise equal.
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path, bouncing_digits_dir, compile_cache):
+  args = train_args(
+    "base", tmp_path, bouncing_digits_dir, "--config.total_steps=100000"
+  )
+  log = tmp_path / "log.txt"
+  proc = start(args, train_env(compile_cache), log)
+  # The log writer is immediate (TensorBoard files are flushed in batches).
+  wait_for(
+    lambda: log.read_text().count("bad_steps_total=") >= 2, proc, what="two steps"
+  )
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=300) == 0
+  steps = [int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()]
+  assert len(steps) == 1 and 2 <= steps[0] < 100000
+  assert max(logged_losses(tmp_path)) == steps[0]
+
+
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_and_resume(
+  tmp_path, bouncing_digits_dir, compile_cache
+):
+  args = train_args(
+    "base",
+    tmp_path,
+    bouncing_digits_dir,
+    "--config.batch_size=8",
+    "--config.mesh.shape=(2,2,2)",
+    "--config.ckpt_every=2",
+  )
+  env = train_env(compile_cache)
+  for steps in (4, 6):
+    subprocess.run(
+      [
+        "bash",
+        "launch/multihost.sh",
+        "2",
+        "4",
+        str(tmp_path / f"logs{steps}"),
+        "--",
+        sys.executable,
+        "-m",
+        "imagen_video_jax.train",
+        *args,
+        f"--config.total_steps={steps}",
+      ],
+      cwd=ROOT,
+      env=env,
+      check=True,
+      timeout=600,
+    )
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [2, 4, 6]
+  with open(tmp_path / "logs6" / "process_1.log") as f:
+    assert "Restored checkpoint" in f.read()
+  losses = logged_losses(tmp_path)
+  assert sorted(losses) == [1, 2, 3, 4, 5, 6] and np.all(
+    np.isfinite(list(losses.values()))
+  )
+
+
+def test_stage_shape_that_does_not_fit_the_model_is_named():
+  config = config_utils.load_config("configs/base.py:runlocal")
+  config.stage.height = 7  # Two U-Net levels need a multiple of 2.
+  model = train_lib.make_model(config)
+  tx, _ = train_lib.make_optimizer(config.optim, config.total_steps)
+  init_fn = train_lib.make_init_fn(config, model, tx)
+  with pytest.raises(ValueError, match="height 7"):
+    jax.eval_shape(init_fn, jax.random.key(0))
