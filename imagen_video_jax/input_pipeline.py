@@ -9,13 +9,14 @@ own frame rate and resolution (paper Sec. 2.6, 3):
     stage's frames (frame skipping) and resolution;
   * an optional random crop, the same for every frame and, scaled, for the
     conditioning input (crop-trained stages such as ssr3);
-  * images packed as "videos" of T independent frames with `is_image=True`
-    (joint video-image training, paper Sec. 2.6);
+  * images as single-frame examples [1, H, W, 3] with `is_image=True`, each
+    with its own caption (joint video-image training, paper Sec. 2.6);
   * values in [-1, 1]; captions as tokens, or precomputed T5 embeddings.
 
-The pipeline is a grain `MapDataset` (random access, so its state is one
-index): every JAX process reads only its slice of each source, and batches are
-returned as global `jax.Array`s sharded on the mesh's `data` axis.
+A batch holds B clips or B * T images of one source. The pipeline is a grain
+`MapDataset` (random access, so its state is one index): every JAX process
+reads its slice of each source; batches are global `jax.Array`s sharded on the
+mesh's `data` axis.
 """
 
 import dataclasses
@@ -70,7 +71,7 @@ class Source:
   name: str
   kind: str  # 'video' | 'image'
   data: Any
-  shape: Shape  # frames=0 for images (any number of independent frames).
+  shape: Shape  # frames=0 for images.
   features: tfds.features.FeaturesDict
   encoded: bool  # Video frames left encoded in `data` (decoded by `frames`).
 
@@ -105,8 +106,8 @@ def open_source(
   """Opens split `split` of the built TFDS dataset `name` as a data source.
 
   With `encoded`, video frames stay encoded until `Source.frames` decodes the
-  ones a clip uses (a stage at a lower fps decodes only those). The frame rate comes from the dataset's metadata ('fps') when present, else
-  from `source_fps`. Raises ValueError with the build command when the dataset
+  ones a clip uses. The frame rate comes from the dataset's metadata ('fps'),
+  else from `source_fps`. Raises ValueError with the build command when the dataset
   or split has not been built.
   """
   dataset = name.partition("/")[0]
@@ -243,7 +244,8 @@ class StageTransform:
 
     Returns {'video': [T,H,W,3]} (H, W = crop when cropping) plus, for SR
     stages, {'cond_video': [T',H',W',3]}: frames [::T/T'] at the input's
-    resolution, cropped to the same region.
+    resolution, cropped to the same region. An image [1,h,w,3] has no frame
+    rate: it gives [1,H,W,3] and [1,H',W',3].
     """
     s, c = self.stage, self.cond
     video = resize(frames, s.height, s.width)
@@ -274,14 +276,12 @@ def _text_fields(example: dict, precomputed: bool) -> dict:
 
 
 def _example(example, rng, *, source, transform, precomputed) -> dict:
-  """A source example (a list of T image examples for images) -> stage example."""
+  """A source example -> stage example (an image is a one-frame video)."""
   if source.kind == _VIDEO:
-    frames, first = source.frames(example, transform.frame_indices(rng)), example
+    frames = source.frames(example, transform.frame_indices(rng))
   else:
-    # T independent images form one "video" (paper Sec. 2.6). The element has
-    # one text condition: the first image's caption.
-    frames, first = np.stack([np.asarray(e["image"]) for e in example]), example[0]
-  out = transform(frames, rng) | _text_fields(first, precomputed)
+    frames = np.asarray(example["image"])[None]
+  out = transform(frames, rng) | _text_fields(example, precomputed)
   return out | {"is_image": np.bool_(source.kind == _IMAGE)}
 
 
@@ -319,9 +319,11 @@ def build_local_dataset(
 ) -> grain.MapDataset:
   """This process's infinite MapDataset of host-local numpy batches.
 
-  Each element is a dict of numpy arrays with leading dim
-  `config.batch_size // process_count` (see `create_iterator` for the keys).
-  Element i depends only on (config, split, seed, process_index, i).
+  Each source is batched on its own, b = config.batch_size // process_count
+  clips or b * T single images (see `create_iterator`); the batches are mixed
+  with `config.data.mixture`'s weights as fractions of batches, in a fixed
+  pattern shared by all processes. Element i depends only on (config, split,
+  seed, process_index, i).
   """
   data = config.data
   split = split or data.split
@@ -360,19 +362,19 @@ def build_local_dataset(
         f"(features: {source.features})."
       )
     transform = StageTransform(stage, cond, crop, source.shape)
+    batch_size = config.batch_size // process_count
+    if source.kind == _IMAGE:  # T times as many images: as many pixels.
+      batch_size *= stage.frames
     ds = grain.MapDataset.source(source.data)[process_index::process_count]
     if data.shuffle:
       ds = ds.shuffle(seed=int(seeds[2 * i]))
-    ds = ds.repeat()
-    if source.kind == _IMAGE:
-      ds = ds.batch(stage.frames, batch_fn=list)  # T images -> one element.
     fn = functools.partial(
       _example, source=source, transform=transform, precomputed=precomputed
     )
-    parts.append(ds.random_map(fn, seed=int(seeds[2 * i + 1])))
+    ds = ds.repeat().random_map(fn, seed=int(seeds[2 * i + 1]))
+    parts.append(ds.batch(batch_size, batch_fn=_collate))
     weights.append(float(weight))
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  ds = ds.batch(config.batch_size // process_count, batch_fn=_collate)
   if not precomputed:
     ds = ds.map(_Tokenize(config.text))
   return ds
@@ -432,7 +434,8 @@ def create_iterator(
   """Iterator of global batches sharded on `mesh`'s 'data' axis (batch dim).
 
   Keys (B = config.batch_size; T, H, W = config.stage frames/height/width, or
-  the crop's H, W; T', H', W' = config.stage.input's, scaled by the crop):
+  the crop's H, W; T', H', W' = config.stage.input's, scaled by the crop; a
+  batch of images has B * T examples of its own captions, with T = T' = 1):
     'video'      f32 [B,T,H,W,3] in [-1, 1]
     'cond_video' f32 [B,T',H',W',3] in [-1, 1] (SR stages only)
     'is_image'   bool [B]

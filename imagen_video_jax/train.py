@@ -136,17 +136,23 @@ def main(argv):
     hooks.append(
       periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps)
     )
-  compiled, flops, peak = None, 0.0, train_lib.peak_flops_per_device(config)
+  # Video and image batches differ in shape ([B,T,...] vs [B*T,1,...]): one
+  # executable and its FLOPs/step (from the cost analysis) per batch shape.
+  compiled, peak = {}, train_lib.peak_flops_per_device(config)
   history, bad_streak, bad_total = [], 0, 0
-  t_last, steps_timed = None, 0
+  t_last, steps_timed, flops_timed = None, 0, 0.0
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(train_iter)
-      if compiled is None:  # Compile once; its cost analysis gives FLOPs/step.
-        compiled = train_step.lower(state, batch, text_params).compile()
-        flops = train_lib.compiled_flops(compiled)
-        sharding.wait_for_all_processes("train_step_compiled")
-      state, metrics = compiled(state, batch, text_params)
+      key = tuple(sorted((k, v.shape) for k, v in batch.items()))
+      if key not in compiled:
+        executable = train_step.lower(state, batch, text_params).compile()
+        compiled[key] = executable, train_lib.compiled_flops(executable)
+        logging.info("Compiled the step for batch shapes %s.", dict(key))
+        sharding.wait_for_all_processes(f"train_step_compiled_{len(compiled)}")
+        t_last = None  # Compiling is not timed.
+      executable, flops = compiled[key]
+      state, metrics = executable(state, batch, text_params)
     step += 1
     metrics = jax.device_get(metrics)
     for hook in hooks:
@@ -164,10 +170,10 @@ def main(argv):
           f"{config.max_bad_steps}) at step {step}; stopping."
         )
 
-    if t_last is None:  # Timing starts after the first (compiling) step.
-      t_last = time.perf_counter()
+    if t_last is None:  # Timing starts after a compiling step.
+      t_last, steps_timed, flops_timed = time.perf_counter(), 0, 0.0
     else:
-      steps_timed += 1
+      steps_timed, flops_timed = steps_timed + 1, flops_timed + flops
     if step % config.log_every == 0 or step == config.total_steps:
       out = train_lib.summarize(history) | dict(
         bad_steps_total=bad_total, lr=float(metrics["lr"])
@@ -175,10 +181,10 @@ def main(argv):
       if steps_timed:
         dt = time.perf_counter() - t_last
         out["examples_per_sec"] = steps_timed * config.batch_size / dt
-        out["tflops_per_device"] = steps_timed * flops / dt / 1e12
+        out["tflops_per_device"] = flops_timed / dt / 1e12
         if peak:
           out["mfu"] = out["tflops_per_device"] * 1e12 / peak
-        t_last, steps_timed = time.perf_counter(), 0
+        t_last, steps_timed, flops_timed = time.perf_counter(), 0, 0.0
       writer.write_scalars(step, out)
       history = []
 

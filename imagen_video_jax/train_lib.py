@@ -106,7 +106,7 @@ def drop_text(
 def sr_conditioning(
   cond_video: jax.Array,
   rng: jax.Array,
-  stage: ml_collections.ConfigDict,
+  shape: tuple[int, int, int],
   diffusion: ml_collections.ConfigDict,
 ) -> tuple[jax.Array, jax.Array]:
   """The previous stage's video as an SR stage sees it in training.
@@ -114,7 +114,7 @@ def sr_conditioning(
   Args:
     cond_video: [B, T', H', W', C] the clip at the input stage's shape.
     rng: PRNG key.
-    stage: config.stage (frames, height, width; crop replaces height/width).
+    shape: (T, H, W) of the batch's target videos (T = T' = 1 for images).
     diffusion: config.diffusion (aug_logsnr_min, aug_logsnr_max).
 
   Returns:
@@ -122,10 +122,7 @@ def sr_conditioning(
     lambda' ~ U[aug_logsnr_min, aug_logsnr_max] per example (paper Sec. 2.5,
     noise conditioning augmentation), and lambda' [B].
   """
-  height, width = (
-    tuple(stage.crop) if stage.get("crop") else (stage.height, stage.width)
-  )
-  video = conditioning.upsample(cond_video, stage.frames, height, width)
+  video = conditioning.upsample(cond_video, *shape)
   rng_level, rng_noise = jax.random.split(rng)
   aug_logsnr = jax.random.uniform(
     rng_level,
@@ -284,7 +281,7 @@ def make_train_step(
     cond = dict(text=text, mask=mask, is_image=batch["is_image"])
     if is_sr:
       cond["video"], cond["aug_logsnr"] = sr_conditioning(
-        batch["cond_video"], rng_cond, stage, diffusion
+        batch["cond_video"], rng_cond, batch["video"].shape[1:4], diffusion
       )
 
     def loss_fn(params):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import config_utils, data_build
+from imagen_video_jax import bouncing_digits, config_utils, data_build
 from imagen_video_jax import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +60,11 @@ def source_videos(data_dir, split="train"):
   """The built videos as TFDS decodes them, uint8 [N, 16, 64, 64, 3]."""
   data = tfds.builder("bouncing_digits/videos", data_dir=data_dir).as_data_source(split)
   return np.stack([np.asarray(data[i]["video"]) for i in range(len(data))])
+
+
+def captions(tokens):
+  """Decodes ByteTokenizer ids (id = byte + 3, 0 = pad, 1 = EOS) to strings."""
+  return [bytes(int(t) - 3 for t in row if t >= 3).decode() for row in tokens]
 
 
 def take(it, n):
@@ -193,25 +198,27 @@ def test_transform_rejects_bad_shapes(stage, cond, source, match):
 def test_batch_shapes_values_and_sharding(data_dir, mesh, spec, cond_shape):
   config = make_config(spec, data_dir)
   s = config.stage
-  batch = next(ip.create_iterator(config, mesh=mesh))
   h, w = tuple(s.crop) if s.crop else (s.height, s.width)
-  assert batch["video"].shape == (8, s.frames, h, w, 3)
-  assert batch["video"].dtype == np.float32
-  video = np.asarray(batch["video"])
-  assert video.min() >= -1 and video.max() <= 1 and video.min() == -1
-  if cond_shape is None:
-    assert "cond_video" not in batch
-  else:
-    assert batch["cond_video"].shape == (8, *cond_shape, 3)
-  assert batch["tokens"].dtype == np.int32 and batch["text_mask"].dtype == bool
-  assert (
-    batch["tokens"].shape == batch["text_mask"].shape == (8, config.text.max_length)
-  )
-  for v in batch.values():
-    assert v.sharding.spec == jax.sharding.PartitionSpec("data")
-    assert len(v.addressable_shards) == jax.device_count()
-  # Mixture 0.8 videos / 0.2 images.
-  assert 1 <= np.asarray(batch["is_image"]).sum() <= 2
+  it = ip.create_iterator(config, mesh=mesh)
+  # Mixture 0.2 images / 0.8 videos: batch 0 of every 5 holds 8 * T images.
+  for n, t, t_in, image in ((8 * s.frames, 1, 1, True), (8, s.frames, None, False)):
+    batch = next(it)
+    assert batch["video"].shape == (n, t, h, w, 3)
+    assert batch["video"].dtype == np.float32
+    video = np.asarray(batch["video"])
+    assert video.min() >= -1 and video.max() <= 1 and video.min() == -1
+    if cond_shape is None:
+      assert "cond_video" not in batch
+    else:
+      assert batch["cond_video"].shape == (n, t_in or cond_shape[0], *cond_shape[1:], 3)
+    assert batch["tokens"].dtype == np.int32 and batch["text_mask"].dtype == bool
+    assert (
+      batch["tokens"].shape == batch["text_mask"].shape == (n, config.text.max_length)
+    )
+    np.testing.assert_array_equal(batch["is_image"], np.full(n, image))
+    for v in batch.values():
+      assert v.sharding.spec == jax.sharding.PartitionSpec("data")
+      assert len(v.addressable_shards) == jax.device_count()
 
 
 def test_video_examples_are_the_source_clips(data_dir, mesh):
@@ -233,22 +240,51 @@ def test_video_examples_are_the_source_clips(data_dir, mesh):
     )
 
 
-def test_image_examples_are_independent_images(data_dir, mesh):
+def test_image_examples_are_single_images_with_their_own_captions(data_dir, mesh):
+  """ssr1 demo: 8 * 16 images 32x32, each conditioned on itself at 16x16."""
   config = make_config(
-    "configs/tsr1.py:demo",
-    data_dir,
-    shuffle=False,
-    mixture={"bouncing_digits/images": 1.0},
+    "configs/ssr1.py:demo", data_dir, mixture={"bouncing_digits/images": 1.0}
   )
   batch = jax.tree.map(np.asarray, next(ip.create_iterator(config, mesh=mesh)))
-  src = ip.open_source("bouncing_digits/images", data_dir, "train")
-  assert batch["is_image"].all()
-  # Element 0 holds images 0..15 of the source, cond every 2nd of them.
-  images = np.stack([np.asarray(src.data[i]["image"]) for i in range(16)])
-  np.testing.assert_allclose(
-    batch["video"][0], ip.resize(images, 16, 16) / 127.5 - 1, atol=1e-6
+  assert batch["video"].shape == (128, 1, 32, 32, 3) and batch["is_image"].all()
+  assert batch["cond_video"].shape == (128, 1, 16, 16, 3)
+  # The rendered images (an independent reference for pixels and captions).
+  rendered = [bouncing_digits.render_image("train", i) for i in range(TRAIN_SIZE)]
+  refs = np.stack([ip.resize(r["image"][None], 32, 32)[0] for r in rendered])
+  pixels = np.round((batch["video"][:, 0] + 1) * 127.5)
+  seen = set()
+  for j, caption in enumerate(captions(batch["tokens"])):
+    (match,) = np.flatnonzero((pixels[j] == refs).all(axis=(1, 2, 3)))
+    assert caption == rendered[match]["caption"], (j, match)
+    expect = ip.resize(rendered[match]["image"][None], 16, 16)[0] / 127.5 - 1
+    np.testing.assert_allclose(batch["cond_video"][j, 0], expect, atol=1e-6)
+    seen.add(int(match))
+  # 128 images of a 24-image source: all of them appear, with varied captions.
+  assert seen == set(range(TRAIN_SIZE))
+  assert len({r["caption"] for r in rendered}) > 1
+
+
+def test_mixture_picks_whole_batches_in_proportion_on_every_process(data_dir):
+  config = make_config(
+    "configs/base.py:demo",
+    data_dir,
+    mixture={"bouncing_digits/videos": 0.75, "bouncing_digits/images": 0.25},
   )
-  np.testing.assert_allclose(batch["cond_video"][0], batch["video"][0, ::2], atol=1e-6)
+  patterns = []
+  for index in range(2):
+    local = ip.build_local_dataset(config, process_index=index, process_count=2)
+    kinds = []
+    for i in range(12):
+      batch = local[i]
+      image = bool(batch["is_image"][0])
+      assert batch["is_image"].all() == image  # A batch holds one kind.
+      n, t = (4 * 8, 1) if image else (4, 8)
+      assert batch["video"].shape == (n, t, 16, 16, 3)
+      assert batch["tokens"].shape[0] == n
+      kinds.append(image)
+    patterns.append(kinds)
+  assert patterns[0] == patterns[1]  # Every host has the same kind of batch.
+  assert sum(patterns[0]) == 3  # 1/4 of the batches are images.
 
 
 def test_encoded_source_decodes_only_selected_frames(data_dir):
@@ -288,7 +324,7 @@ def test_processes_read_disjoint_shards(data_dir):
 def test_state_restores_exactly(data_dir, mesh):
   config = make_config("configs/ssr1.py:demo", data_dir)
   it = ip.create_iterator(config, mesh=mesh)
-  take(it, 2)
+  take(it, 4)  # The next 3 batches: 2 of clips, 1 of images.
   state = it.get_state()
   json.loads(state)  # JSON-able.
   expected = take(it, 3)
@@ -310,7 +346,7 @@ _RESUME_SCRIPT = textwrap.dedent(
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   it = ip.create_iterator(config, mesh=mesh)
   if mode == "save":
-    for _ in range(3):
+    for _ in range(4):
       next(it)
     open(state_file, "w").write(it.get_state())
   else:
@@ -335,7 +371,7 @@ def test_state_restores_across_process_restart(data_dir, mesh, tmp_path):
       timeout=300,
     )
   config = make_config("configs/base.py:demo", data_dir)
-  expected = take(ip.create_iterator(config, mesh=mesh), 5)[3:]
+  expected = take(ip.create_iterator(config, mesh=mesh), 6)[4:]  # Clips, images.
   got = np.load(out)
   for i, batch in enumerate(expected):
     for k, v in batch.items():

@@ -18,7 +18,6 @@ import pytest
 from imagen_video_jax.models import t5, t5_checkpoints, text_encoder
 
 os.environ.setdefault("USE_TF", "0")  # Keep transformers from importing TF.
-os.environ.setdefault("USE_FLAX", "0")
 
 CONFIG = t5.t5_config("tiny", vocab_size=384)
 LENGTH = 150  # > max_distance 128, so the logarithmic and last buckets are used.

@@ -108,12 +108,17 @@ def straight_run(tmp_path_factory, bouncing_digits_dir, compile_cache):
   workdir = tmp_path_factory.mktemp("straight")
   args = train_args("base", workdir, bouncing_digits_dir, "--config.ckpt_every=10")
   run(args, train_env(compile_cache), workdir / "log.txt")
-  return args, logged_losses(workdir)
+  return args, logged_losses(workdir), (workdir / "log.txt").read_text()
 
 
 @pytest.mark.slow
 def test_base_loss_falls(straight_run):
   assert_loss_falls(straight_run[1])
+  # Joint video-image training (paper Sec. 2.6): the default mixture gives
+  # batches of clips [4, T, ...] and of images [4 * T, 1, ...], one step each.
+  assert straight_run[2].count("Compiled the step for batch shapes") == 2
+  assert "'is_image': (4,)" in straight_run[2]
+  assert "'is_image': (8,)" in straight_run[2]  # runlocal base: T = 2.
 
 
 @pytest.mark.slow
@@ -132,7 +137,7 @@ def test_sr_stage_loss_falls(stage, tmp_path, bouncing_digits_dir, compile_cache
 def test_sigkill_then_restart_repeats_the_straight_run_bitwise(
   straight_run, tmp_path, bouncing_digits_dir, compile_cache
 ):
-  args, straight = straight_run
+  args, straight, _ = straight_run
   args = [a for a in args if not a.startswith("--workdir")] + [f"--workdir={tmp_path}"]
   env, log = train_env(compile_cache), tmp_path / "log.txt"
   proc = start(args, env, log)

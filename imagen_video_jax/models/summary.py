@@ -107,16 +107,14 @@ def summarize(spec: str) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = flags.DEFINE_string(
-  "config", None, "Stage config, e.g. configs/base.py:paper"
-)
-
-
 def main(argv):
   del argv
-  print(summarize(_CONFIG.value))
+  print(summarize(flags.FLAGS.config))
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: this module is also a library, and the
+  # binaries that import it (and the tests) define their own --config.
+  flags.DEFINE_string("config", None, "Stage config, e.g. configs/base.py:paper")
   flags.mark_flag_as_required("config")
   app.run(main)
