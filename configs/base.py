@@ -20,8 +20,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     "runlocal": common.shape("base", 2, 8, 8, 1),
   }[v]
   input_stage = None
-  model = {
-    "paper": common.model_config(
+  if v == "paper":
+    model = common.model_config(
       base_channels=256,
       channel_mult=(1, 2, 4, 8),
       num_res_blocks=(3, 4, 8, 13),
@@ -29,27 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cross_attention=(False, True, True, True),
       temporal_mixing=("attention",) * 4,
       embed_dim=1024,
-    ),
-    "demo": common.model_config(
-      base_channels=16,
-      channel_mult=(1, 2, 4),
-      num_res_blocks=(1, 1, 2),
-      spatial_attention=(False, False, True),
-      cross_attention=(False, True, True),
-      temporal_mixing=("attention",) * 3,
-      head_dim=16,
-      embed_dim=128,
-    ),
-    "runlocal": common.model_config(
-      base_channels=8,
-      channel_mult=(1, 2),
-      num_res_blocks=(1, 1),
-      spatial_attention=(False, True),
-      cross_attention=(False, True),
-      temporal_mixing=("attention",) * 2,
-      head_dim=8,
-      embed_dim=32,
-    ),
-  }[v]
+    )
+  else:
+    model = common.small_model(v, temporal="attention")
   config = common.stage_config(stage, input_stage, model, v)
+  if v == "demo":  # Minutes on a 2-core CPU (launch/demo.sh).
+    config.total_steps = 600
   return common.apply_options(config, opts)

@@ -25,8 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     "demo": common.shape("tsr1", 16, 16, 16, 8),
     "runlocal": common.shape("tsr3", 16, 64, 64, 8),
   }[v]
-  model = {
-    "paper": common.model_config(
+  if v == "paper":
+    model = common.model_config(
       base_channels=128,
       channel_mult=(1, 2, 4, 4, 4),
       num_res_blocks=(2, 3, 4, 5, 4),
@@ -34,28 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cross_attention=(False,) * 5,
       temporal_mixing=("conv",) * 5,
       embed_dim=1024,
-    ),
-    "demo": common.model_config(
-      base_channels=16,
-      channel_mult=(1, 2, 4),
-      num_res_blocks=(1, 1, 2),
-      spatial_attention=(False, False, False),
-      cross_attention=(False, True, True),
-      temporal_mixing=("conv",) * 3,
-      head_dim=16,
-      embed_dim=128,
-    ),
-    "runlocal": common.model_config(
-      base_channels=8,
-      channel_mult=(1, 2),
-      num_res_blocks=(1, 1),
-      spatial_attention=(False, False),
-      cross_attention=(False, True),
-      temporal_mixing=("conv",) * 2,
-      head_dim=8,
-      embed_dim=32,
-    ),
-  }[v]
+    )
+  else:
+    model = common.small_model(v, temporal="conv", spatial_attention=False)
   config = common.stage_config(stage, input_stage, model, v)
   # Fully convolutional, so it trains on crops and samples at full size.
   config.stage.crop = {"paper": (192, 320), "demo": (32, 32), "runlocal": (32, 32)}[v]

@@ -24,8 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     "demo": common.shape("base", 8, 16, 16, 4),
     "runlocal": common.shape("base", 2, 8, 8, 1),
   }[v]
-  model = {
-    "paper": common.model_config(
+  if v == "paper":
+    model = common.model_config(
       base_channels=256,
       channel_mult=(1, 2, 4, 4),
       num_res_blocks=(3, 4, 6, 9),
@@ -33,27 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cross_attention=(False, True, True, True),
       temporal_mixing=("conv",) * 4,
       embed_dim=1024,
-    ),
-    "demo": common.model_config(
-      base_channels=16,
-      channel_mult=(1, 2, 4),
-      num_res_blocks=(1, 1, 2),
-      spatial_attention=(False, False, True),
-      cross_attention=(False, True, True),
-      temporal_mixing=("conv",) * 3,
-      head_dim=16,
-      embed_dim=128,
-    ),
-    "runlocal": common.model_config(
-      base_channels=8,
-      channel_mult=(1, 2),
-      num_res_blocks=(1, 1),
-      spatial_attention=(False, True),
-      cross_attention=(False, True),
-      temporal_mixing=("conv",) * 2,
-      head_dim=8,
-      embed_dim=32,
-    ),
-  }[v]
+    )
+  else:
+    model = common.small_model(v, temporal="conv")
   config = common.stage_config(stage, input_stage, model, v)
+  if v == "demo":  # Minutes on a 2-core CPU (launch/demo.sh).
+    config.total_steps = 150
   return common.apply_options(config, opts)
