@@ -277,7 +277,8 @@ def restore_ema_params(workdir: str, step: int | None = None) -> Any:
   Raises:
     ValueError: naming the directory if it holds no checkpoint.
   """
-  directory = epath.Path(workdir) / "checkpoints"
+  # Orbax finds no steps under a relative path: resolve it first.
+  directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
   if not directory.exists():
     raise ValueError(f"No checkpoints in {str(directory)!r}.")
   with ocp.CheckpointManager(
