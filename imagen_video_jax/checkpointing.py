@@ -190,6 +190,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _log_damaged(self, step: int, error: Exception) -> None:
+    logging.error(
+      "Checkpoint %s/%d is damaged (%s); trying older.",
+      self.directory,
+      step,
+      str(error)[:500],
+    )
+
   def restore(
     self, abstract_state: dict[str, Any], data_iterator: Any
   ) -> tuple[dict[str, Any], int] | None:
@@ -215,12 +223,7 @@ class Checkpointer:
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
         )["meta"]
       except Exception as e:  # Any read error means damage.
-        logging.error(
-          "Checkpoint %s/%d is damaged (%s); trying older.",
-          self.directory,
-          step,
-          str(e)[:500],
-        )
+        self._log_damaged(step, e)
         continue
       check_same_stage(meta["stage"], self.stage, f"Checkpoint {self.directory}/{step}")
       try:
@@ -233,12 +236,7 @@ class Checkpointer:
           ),
         )
       except Exception as e:  # Any read error means damage.
-        logging.error(
-          "Checkpoint %s/%d is damaged (%s); trying older.",
-          self.directory,
-          step,
-          str(e)[:500],
-        )
+        self._log_damaged(step, e)
         continue
       state = dict(out["state"], ema_params=out["ema_params"])
       logging.info("Restored checkpoint %s/%d.", self.directory, step)
