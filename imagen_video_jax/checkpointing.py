@@ -125,6 +125,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.replace(tmp, path)  # Atomic: never a half-written config.json.
 
 
+def absolute(path: str) -> epath.Path:
+  """`path` made absolute (orbax refuses relative paths); URLs kept as they are."""
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 # --------------------------------------------------------------------------- #
 # The checkpoint manager.
 # --------------------------------------------------------------------------- #
@@ -145,8 +150,9 @@ class Checkpointer:
     keep: int = 3,
     async_save: bool = True,
   ):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = absolute(workdir) / "checkpoints"
     self.stage = dict(stage)
+    self._last_saved = None
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -185,6 +191,7 @@ class Checkpointer:
       ),
       force=True,
     )
+    self._last_saved = step
     return True
 
   def latest_step(self) -> int | None:
@@ -252,8 +259,22 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves, then checks the last one was finalised.
+
+    Raises:
+      RuntimeError: naming the directory if the last save is not on disk (an
+        async save that failed in its background thread).
+    """
     self.manager.wait_until_finished()
     self.manager.close()
+    if (
+      self._last_saved is not None
+      and not (self.directory / str(self._last_saved)).exists()
+    ):
+      raise RuntimeError(
+        f"Checkpoint {self.directory}/{self._last_saved} was not written (the"
+        " async save failed; see the errors logged above)."
+      )
 
 
 def _pytree_restore(abstract: Any) -> ocp.args.PyTreeRestore:
@@ -275,8 +296,7 @@ def restore_ema_params(workdir: str, step: int | None = None) -> Any:
   Raises:
     ValueError: naming the directory if it holds no checkpoint.
   """
-  # Orbax finds no steps under a relative path: resolve it first.
-  directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
+  directory = absolute(workdir) / "checkpoints"
   if not directory.exists():
     raise ValueError(f"No checkpoints in {str(directory)!r}.")
   with ocp.CheckpointManager(

@@ -74,6 +74,32 @@ def test_save_restore_round_trip_keeps_n_and_data_state(tmp_path, mesh):
   assert type(restored["opt_state"][0]) is type(state["opt_state"][0])
 
 
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch, mesh):
+  # Orbax's async save fails in its thread on a relative path; launch/demo.sh
+  # passes relative workdirs.
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpointing.Checkpointer("runs/base", stage=STAGE)
+  state = make_state()
+  assert ckpt.save(4, state, FakeIterator(position=3))
+  ckpt.close()
+  assert os.path.isdir(tmp_path / "runs/base/checkpoints/4")
+  ckpt = checkpointing.Checkpointer("runs/base", stage=STAGE)
+  restored, step = ckpt.restore(abstract_of(state, mesh), FakeIterator())
+  ckpt.close()
+  assert step == 4
+  assert_trees_equal(restored, state)
+  assert_trees_equal(checkpointing.restore_ema_params("runs/base"), state["ema_params"])
+
+
+def test_close_raises_when_the_last_save_is_missing(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE)
+  assert ckpt.save(2, make_state(), FakeIterator())
+  ckpt.wait()
+  (tmp_path / "checkpoints" / "2").rename(tmp_path / "checkpoints" / "2.lost")
+  with pytest.raises(RuntimeError, match=r"checkpoints/2 was not written"):
+    ckpt.close()
+
+
 def test_restore_ema_params_gives_host_arrays(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE)
   state = make_state()
