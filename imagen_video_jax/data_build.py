@@ -125,6 +125,21 @@ class SkipLog:
     }
 
 
+def check_layout(resolution: Any, encoding_format: str) -> tuple[int, int] | None:
+  """Validates a folder config's resolution and encoding; returns (h, w) or None.
+
+  Raises:
+    ValueError: naming the field that is wrong.
+  """
+  if resolution is not None:
+    resolution = tuple(int(r) for r in resolution)
+    if len(resolution) != 2 or min(resolution) < 1:
+      raise ValueError(f"resolution must be (height, width) > 0, got {resolution}.")
+  if encoding_format not in ("png", "jpeg"):
+    raise ValueError(f"encoding_format must be png or jpeg, got {encoding_format!r}.")
+  return resolution
+
+
 def folder_splits(root: str | pathlib.Path) -> dict[str, pathlib.Path]:
   """{split: folder}: train/validation/test sub-folders, else {'train': root}."""
   root = pathlib.Path(root)

@@ -12,30 +12,24 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import bouncing_digits, config_utils, data_build
+from imagen_video_jax import bouncing_digits, config_utils
 from imagen_video_jax import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_SIZE, TEST_SIZE = 24, 4
-
-
-def build_tiny(data_dir: str) -> None:
-  """Builds bouncing_digits 'videos' and 'images' with TRAIN_SIZE examples."""
-  for config in ("videos", "images"):
-    data_build.build_dataset(
-      "bouncing_digits",
-      data_dir,
-      config=config,
-      train_size=TRAIN_SIZE,
-      test_size=TEST_SIZE,
-    )
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  build_tiny(path)
-  return path
+def data_dir(bouncing_digits_dir):
+  return bouncing_digits_dir
+
+
+def train_size(data_dir: str) -> int:
+  """Examples in the tiny build's train split (tests/conftest.py)."""
+  return (
+    tfds.builder("bouncing_digits/images", data_dir=data_dir)
+    .info.splits["train"]
+    .num_examples
+  )
 
 
 @pytest.fixture(scope="session")
@@ -251,7 +245,8 @@ def test_image_examples_are_single_images_with_their_own_captions(data_dir, mesh
   assert batch["video"].shape == (128, 1, 32, 32, 3) and batch["is_image"].all()
   assert batch["cond_video"].shape == (128, 1, 16, 16, 3)
   # The rendered images (an independent reference for pixels and captions).
-  rendered = [bouncing_digits.render_image("train", i) for i in range(TRAIN_SIZE)]
+  n = train_size(data_dir)
+  rendered = [bouncing_digits.render_image("train", i) for i in range(n)]
   refs = np.stack([ip.resize(r["image"][None], 32, 32)[0] for r in rendered])
   pixels = np.round((batch["video"][:, 0] + 1) * 127.5)
   seen = set()
@@ -261,8 +256,8 @@ def test_image_examples_are_single_images_with_their_own_captions(data_dir, mesh
     expect = ip.resize(rendered[match]["image"][None], 16, 16)[0] / 127.5 - 1
     np.testing.assert_allclose(batch["cond_video"][j, 0], expect, atol=1e-6)
     seen.add(int(match))
-  # 128 images of a 24-image source: all of them appear, with varied captions.
-  assert seen == set(range(TRAIN_SIZE))
+  # 128 images of a small source: all of them appear, with varied captions.
+  assert seen == set(range(n))
   assert len({r["caption"] for r in rendered}) > 1
 
 

@@ -33,16 +33,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   encoding_format: str = "png"
 
   def __post_init__(self):
-    if self.resolution is not None:
-      self.resolution = tuple(int(r) for r in self.resolution)
-      if len(self.resolution) != 2 or min(self.resolution) < 1:
-        raise ValueError(
-          f"resolution must be (height, width) > 0, got {self.resolution}."
-        )
-    if self.encoding_format not in ("png", "jpeg"):
-      raise ValueError(
-        f"encoding_format must be png or jpeg, got {self.encoding_format!r}."
-      )
+    self.resolution = data_build.check_layout(self.resolution, self.encoding_format)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):

@@ -44,21 +44,13 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   encoding_format: str = "png"
 
   def __post_init__(self):
-    self.resolution = tuple(int(r) for r in self.resolution)
-    if len(self.resolution) != 2 or min(self.resolution) < 1:
-      raise ValueError(
-        f"resolution must be (height, width) > 0, got {self.resolution}."
-      )
+    self.resolution = data_build.check_layout(self.resolution, self.encoding_format)
     for field in ("frames", "fps"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}.")
     for field in ("stride", "max_clips_per_video"):
       if getattr(self, field) < 0:
         raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}.")
-    if self.encoding_format not in ("png", "jpeg"):
-      raise ValueError(
-        f"encoding_format must be png or jpeg, got {self.encoding_format!r}."
-      )
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
