@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -57,6 +58,39 @@ def _load_stage_config(spec: str):
   if not os.path.isabs(path) and not os.path.isfile(path):
     path = os.path.join(_REPO, path)
   return config_utils.load_config(f"{path}:{arg}" if arg else path)
+
+
+def _stage_config(name: str, spec: str, workdir: str) -> ml_collections.ConfigDict:
+  """The stage's config, with the network the checkpoint was trained as.
+
+  The cascade names each stage's config; a run started with overrides (say
+  `--config.model.base_channels=32`) records its own in WORKDIR/config.json,
+  whose model, text and diffusion sections then win. Its stage must be the
+  named config's stage.
+  """
+  config = _load_stage_config(spec)
+  saved_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(saved_path):
+    return config
+  with open(saved_path) as f:
+    saved = json.load(f)
+  checkpointing.check_same_stage(
+    saved["stage"],
+    checkpointing.stage_summary(config),
+    f"Stage {name!r} workdir {workdir!r}",
+  )
+  for key in ("model", "text", "diffusion"):
+    config[key] = ml_collections.ConfigDict(_tuples(saved[key]))
+  return config
+
+
+def _tuples(tree: Any) -> Any:
+  """JSON lists back to the tuples configs use (hashable module fields)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
 
 
 def _prepare_outdir(outdir: str, overwrite: bool) -> None:
@@ -112,25 +146,18 @@ def sample(
   # ------------------------------------------------------------------------ #
   names = stages.select_stages(cascade.order, stage_spec)
   settings = [cascade.stages[n] for n in names]
-  configs = [_load_stage_config(s.config) for s in settings]
-  stages.check_chain(names, configs, from_video=bool(input_video))
-  text_config = stages.check_text(names, configs)
   workdirs = [
     s.workdir or os.path.join(cascade.workdir_root, n) for n, s in zip(names, settings)
   ]
-  for name, workdir, config in zip(names, workdirs, configs):
+  configs = [
+    _stage_config(n, s.config, w) for n, s, w in zip(names, settings, workdirs)
+  ]
+  stages.check_chain(names, configs, from_video=bool(input_video))
+  text_config = stages.check_text(names, configs)
+  for name, workdir in zip(names, workdirs):
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
       raise ValueError(f"Stage {name!r}: no checkpoint in {ckpt_dir!r}.")
-    saved_config = os.path.join(workdir, "config.json")
-    if os.path.isfile(saved_config):
-      with open(saved_config) as f:
-        saved = json.load(f)["stage"]
-      checkpointing.check_same_stage(
-        saved,
-        checkpointing.stage_summary(config),
-        f"Stage {name!r} workdir {workdir!r}",
-      )
   logging.info("Cascade: %s", " -> ".join(names))
 
   # ------------------------------------------------------------------------ #

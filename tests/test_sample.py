@@ -263,11 +263,32 @@ def test_chain_error_before_sampling(runlocal_root, tmp_path, prompt_file):
     ValueError, match="'base' outputs 2x8x8 .*'tsr1' expects input 8x16x16"
   ):
     sample.sample(
-      _cascade(runlocal_root, tsr1__config="configs/tsr1.py:demo"),
+      _cascade(
+        runlocal_root,
+        tsr1__config="configs/tsr1.py:demo",
+        tsr1__workdir=str(tmp_path / "tsr1"),
+      ),
       prompts_path=prompt_file,
       outdir=f"{tmp_path}/out",
     )
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_stage_config_takes_the_trained_network_from_the_workdir(tmp_path):
+  trained = config_utils.load_config("configs/base.py:runlocal")
+  trained.model.base_channels = 12
+  trained.model.temporal_mixing = ("conv", "attention")
+  checkpointing.prepare_workdir(str(tmp_path / "base"), trained)
+  config = sample._stage_config(
+    "base", "configs/base.py:runlocal", str(tmp_path / "base")
+  )
+  assert config.model.base_channels == 12
+  assert config.model.temporal_mixing == ("conv", "attention")
+  # No config.json: the named config as it is.
+  config = sample._stage_config("base", "configs/base.py:runlocal", str(tmp_path))
+  assert config.model.base_channels == 8
+  with pytest.raises(ValueError, match=r"Stage 'tsr1' workdir .* is from stage"):
+    sample._stage_config("tsr1", "configs/tsr1.py:runlocal", str(tmp_path / "base"))
 
 
 def test_outdir_errors(runlocal_root, tmp_path, prompt_file):
