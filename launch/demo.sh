@@ -7,12 +7,20 @@
 #   RUN=runs/demo TRAIN_SIZE=6000 NUM_PROMPTS=64 bash launch/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launch/venv.sh
+EXTRAS=eval source launch/venv.sh  # The demo needs no test tools.
 RUN=${RUN:-runs/demo}
 DATA=${DATA:-data/built}
 TRAIN_SIZE=${TRAIN_SIZE:-6000}
 NUM_PROMPTS=${NUM_PROMPTS:-64}
 PY=.venv/bin/python
+# One XLA:CPU device runs a step on about one core; a device per core, data
+# parallel over the batch, keeps every core busy (1.6x faster on 2 cores). A
+# power of two up to 16, so that it divides the demo's batches.
+DEVICES=1
+while [ $((DEVICES * 2)) -le "$(nproc)" ] && [ $DEVICES -lt 16 ]; do
+  DEVICES=$((DEVICES * 2))
+done
+export XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES ${XLA_FLAGS:-}"
 mkdir -p "$RUN"
 
 echo "== 1. Bouncing digits ($TRAIN_SIZE train videos and images) -> $DATA"
