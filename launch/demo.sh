@@ -4,13 +4,13 @@
 # 16x32x32), samples 64 test prompts, evaluates (prompt alignment with its
 # ground-truth ceiling, FVD) and prints a table. Run it again and every stage
 # resumes from its latest checkpoint (a finished stage is skipped).
-#   RUN=runs/demo TRAIN_SIZE=6000 NUM_PROMPTS=64 bash launch/demo.sh
+#   RUN=runs/demo TRAIN_SIZE=4000 NUM_PROMPTS=64 bash launch/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=eval source launch/venv.sh  # The demo needs no test tools.
 RUN=${RUN:-runs/demo}
 DATA=${DATA:-data/built}
-TRAIN_SIZE=${TRAIN_SIZE:-6000}
+TRAIN_SIZE=${TRAIN_SIZE:-4000}
 NUM_PROMPTS=${NUM_PROMPTS:-64}
 PY=.venv/bin/python
 # One XLA:CPU device runs a step on about one core; a device per core, data
