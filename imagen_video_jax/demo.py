@@ -20,10 +20,15 @@ from absl import app, flags
 
 from imagen_video_jax import bouncing_digits, evaluate, video_io
 
-_OUT = flags.DEFINE_string("out", None, "prompts: the prompt file to write.")
-_NUM = flags.DEFINE_integer("num", 64, "prompts: number of test prompts.")
-_RUN = flags.DEFINE_string("run", "runs/demo", "report: the demo's run folder.")
-_STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "report: stages.")
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  # Defined only when run as a script, so importing this module adds no flags.
+  return {
+    "out": flags.DEFINE_string("out", None, "prompts: the prompt file to write."),
+    "num": flags.DEFINE_integer("num", 64, "prompts: number of test prompts."),
+    "run": flags.DEFINE_string("run", "runs/demo", "report: the demo's run folder."),
+    "stages": flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "report: stages."),
+  }
 
 
 def write_prompts(path: str, num: int, split: str = "test", seed: int = 0) -> None:
@@ -36,18 +41,25 @@ def write_prompts(path: str, num: int, split: str = "test", seed: int = 0) -> No
 
 
 def stage_summary(workdir: str) -> dict[str, float]:
-  """Last step, last logged loss and minutes between first and last event."""
+  """Last step, last logged loss and training minutes of a stage's workdir.
+
+  Every run (a resume too) writes its own events file; the minutes are the sum
+  of each file's first-to-last event span, so time between runs is not counted.
+  """
   import tensorflow as tf  # Only to read TensorBoard event files.
 
-  step, loss, times = 0, float("nan"), []
+  step, loss, spans = 0, float("nan"), []
   for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    times = []
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       times.append(event.wall_time)
       for value in event.summary.value:
         if value.tag == "loss":
           step, loss = event.step, float(tf.make_ndarray(value.tensor))
-  minutes = (max(times) - min(times)) / 60 if times else float("nan")
+    if times:
+      spans.append((max(times) - min(times)) / 60)
+  minutes = sum(spans) if spans else float("nan")
   return {"steps": step, "loss": loss, "minutes": minutes}
 
 
@@ -91,19 +103,21 @@ def report(run: str, stages: list[str]) -> str:
   return "\n".join(rows)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], args: dict[str, flags.FlagHolder]) -> None:
   if len(argv) != 2 or argv[1] not in ("prompts", "report"):
     raise app.UsageError("usage: python -m imagen_video_jax.demo prompts|report")
   if argv[1] == "prompts":
-    if not _OUT.value:
+    if not args["out"].value:
       raise app.UsageError("prompts needs --out")
-    write_prompts(_OUT.value, _NUM.value)
+    write_prompts(args["out"].value, args["num"].value)
   else:
-    print(report(_RUN.value, _STAGES.value))
-    sheet = os.path.join(_RUN.value, "samples_sheet.png")
-    write_sheet(os.path.join(_RUN.value, "samples"), sheet)
+    run = args["run"].value
+    print(report(run, args["stages"].value))
+    sheet = os.path.join(run, "samples_sheet.png")
+    write_sheet(os.path.join(run, "samples"), sheet)
     print(f"Contact sheet of the first samples: {sheet}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _args = _define_flags()
+  app.run(lambda argv: main(argv, _args))

@@ -25,13 +25,30 @@ def write_events(workdir, losses):
   writer.close()
 
 
-def test_stage_summary_reads_the_last_loss(tmp_path):
+def test_stage_summary_reads_the_last_loss_and_sums_runs(tmp_path):
   write_events(tmp_path, {50: 0.5, 100: 0.25})
   summary = demo.stage_summary(str(tmp_path))
   assert summary["steps"] == 100
   assert summary["loss"] == pytest.approx(0.25)
   assert 0 <= summary["minutes"] < 1
-  assert math.isnan(demo.stage_summary(str(tmp_path / "none"))["loss"])
+  none = demo.stage_summary(str(tmp_path / "none"))
+  assert math.isnan(none["loss"]) and math.isnan(none["minutes"])
+
+
+def test_stage_minutes_leave_out_the_time_between_runs(tmp_path):
+  import tensorflow as tf
+
+  # Two runs' event files, an hour apart; each ran 3 minutes.
+  for i, start in enumerate((1_000_000.0, 1_003_600.0)):
+    path = str(tmp_path / f"events.out.tfevents.{i}")
+    with tf.io.TFRecordWriter(path) as w:
+      for dt, step, loss in ((0.0, 10 * i, 1.0), (180.0, 10 * i + 5, 0.5 - 0.1 * i)):
+        event = tf.compat.v1.Event(wall_time=start + dt, step=step)
+        event.summary.value.add(tag="loss", tensor=tf.make_tensor_proto(loss))
+        w.write(event.SerializeToString())
+  summary = demo.stage_summary(str(tmp_path))
+  assert summary["minutes"] == pytest.approx(6.0)
+  assert summary["steps"] == 15 and summary["loss"] == pytest.approx(0.4)
 
 
 def fake_samples(sample_dir, videos, npy=True):
@@ -79,3 +96,25 @@ def test_report_has_training_and_metrics(tmp_path):
   assert "base" in text and "100" in text and "0.1250" in text
   assert "alignment/all" in text and "0.9500" in text
   assert "samples per second: 0.500" in text
+
+
+def test_command_line_writes_prompts_and_reports(tmp_path):
+  import subprocess
+  import sys
+
+  def run(*args):
+    return subprocess.run(
+      [sys.executable, "-m", "imagen_video_jax.demo", *args],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout
+
+  run("prompts", f"--out={tmp_path}/prompts.txt", "--num=3")
+  assert len((tmp_path / "prompts.txt").read_text().splitlines()) == 3
+  write_events(tmp_path / "base", {10: 0.5})
+  fake_samples(tmp_path / "samples", np.zeros((2, 2, 4, 4, 3), np.uint8))
+  metrics = {"fvd": {"samples": 12.0}}
+  (tmp_path / "samples" / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+  out = run("report", f"--run={tmp_path}", "--stages=base")
+  assert "fvd" in out and (tmp_path / "samples_sheet.png").exists()
