@@ -14,7 +14,7 @@ TRAIN_SIZE=${TRAIN_SIZE:-4000}
 NUM_PROMPTS=${NUM_PROMPTS:-64}
 PY=.venv/bin/python
 # One XLA:CPU device runs a step on about one core; a device per core, data
-# parallel over the batch, keeps every core busy (1.6x faster on 2 cores). A
+# parallel over the batch, keeps every core busy (~1.5x faster on 2 cores). A
 # power of two up to 16, so that it divides the demo's batches.
 DEVICES=1
 while [ $((DEVICES * 2)) -le "$(nproc)" ] && [ $DEVICES -lt 16 ]; do
