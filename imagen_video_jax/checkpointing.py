@@ -98,6 +98,23 @@ def check_same_stage(saved: dict[str, Any], current: dict[str, Any], where: str)
     )
 
 
+def saved_config(
+  workdir: str, config: ml_collections.ConfigDict, where: str
+) -> dict[str, Any] | None:
+  """WORKDIR/config.json as a dict, None if there is none.
+
+  Raises:
+    ValueError: naming `where` and both stages if it is not `config`'s stage.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  check_same_stage(saved["stage"], stage_summary(config), where)
+  return saved
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates `workdir`, checks it is writable and holds this stage's config.json.
 
@@ -105,7 +122,6 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     ValueError: naming the workdir if it cannot be written, or naming both
       stages if it belongs to another stage.
   """
-  path = os.path.join(workdir, "config.json")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
@@ -114,11 +130,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.remove(probe)
   except OSError as e:
     raise ValueError(f"Workdir {workdir!r} is not writable: {e}") from e
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    check_same_stage(saved["stage"], stage_summary(config), f"Workdir {workdir!r}")
+  saved_config(workdir, config, f"Workdir {workdir!r}")
   if jax.process_index() == 0:
+    path = os.path.join(workdir, "config.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       f.write(config.to_json(indent=2))

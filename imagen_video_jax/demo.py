@@ -72,8 +72,7 @@ def write_sheet(sample_dir: str, out: str, num: int = 8, pad: int = 2) -> list[s
   Raises:
     ValueError: naming the sample whose npy file is missing.
   """
-  with open(os.path.join(sample_dir, "samples.jsonl"), encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()][:num]
+  records = [r for _, r in evaluate.read_records(sample_dir)[:num]]
   rows = []
   for r in records:
     if "npy" not in r["files"]:
@@ -96,8 +95,7 @@ def report(run: str, stages: list[str]) -> str:
   sample_dir = os.path.join(run, "samples")
   with open(os.path.join(sample_dir, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)["metrics"]
-  with open(os.path.join(sample_dir, "samples.jsonl"), encoding="utf-8") as f:
-    seconds = [json.loads(line)["seconds"] for line in f if line.strip()]
+  seconds = [r["seconds"] for _, r in evaluate.read_records(sample_dir)]
   rows += ["", evaluate.format_table(metrics)]
   rows.append(f"samples per second: {len(seconds) / sum(seconds):.3f}")
   return "\n".join(rows)

@@ -50,33 +50,49 @@ _CLIP_FRAMES = flags.DEFINE_integer("clip_frames", 0, "Frames per video (0: all)
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Batch size of the feature networks.")
 
 
-def load_samples(sample_dir: str) -> tuple[np.ndarray, list[str]]:
-  """Videos uint8 [N, T, H, W, 3] and prompts of a sample directory."""
+def read_records(sample_dir: str) -> list[tuple[int, dict]]:
+  """(line number, record) of each line of DIR/samples.jsonl (blank lines skipped).
+
+  Raises:
+    ValueError: naming the directory if it has no samples.jsonl, or the file and
+      line of a record without `files` and `prompt`.
+  """
   path = os.path.join(sample_dir, "samples.jsonl")
   if not os.path.isfile(path):
     raise ValueError(f"No samples.jsonl in sample directory {sample_dir!r}.")
-  videos, prompts = [], []
+  records = []
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
         record = json.loads(line)
-        files, prompts_i = record["files"], record["prompt"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
+      except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{n}: not a sample record ({e}).") from e
-      if files.get("npy"):
-        video = np.load(os.path.join(sample_dir, files["npy"]))
-      elif files.get("mp4"):
-        video, _ = video_io.read_video(os.path.join(sample_dir, files["mp4"]))
-      else:
-        raise ValueError(f"{path}:{n}: the record has neither an npy nor an mp4 file.")
-      if videos and video.shape != videos[0].shape:
-        raise ValueError(
-          f"{path}:{n}: video shape {video.shape} differs from {videos[0].shape}."
-        )
-      videos.append(np.asarray(video, np.uint8))
-      prompts.append(prompts_i)
+      if not isinstance(record, dict) or not {"files", "prompt"} <= record.keys():
+        raise ValueError(f"{path}:{n}: not a sample record (no files or prompt).")
+      records.append((n, record))
+  return records
+
+
+def load_samples(sample_dir: str) -> tuple[np.ndarray, list[str]]:
+  """Videos uint8 [N, T, H, W, 3] and prompts of a sample directory."""
+  path = os.path.join(sample_dir, "samples.jsonl")
+  videos, prompts = [], []
+  for n, record in read_records(sample_dir):
+    files = record["files"]
+    if files.get("npy"):
+      video = np.load(os.path.join(sample_dir, files["npy"]))
+    elif files.get("mp4"):
+      video, _ = video_io.read_video(os.path.join(sample_dir, files["mp4"]))
+    else:
+      raise ValueError(f"{path}:{n}: the record has neither an npy nor an mp4 file.")
+    if videos and video.shape != videos[0].shape:
+      raise ValueError(
+        f"{path}:{n}: video shape {video.shape} differs from {videos[0].shape}."
+      )
+    videos.append(np.asarray(video, np.uint8))
+    prompts.append(record["prompt"])
   if len(videos) < 2:
     raise ValueError(f"{path} holds {len(videos)} samples; metrics need >= 2.")
   return np.stack(videos), prompts

@@ -69,18 +69,12 @@ def _stage_config(name: str, spec: str, workdir: str) -> ml_collections.ConfigDi
   named config's stage.
   """
   config = _load_stage_config(spec)
-  saved_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(saved_path):
-    return config
-  with open(saved_path) as f:
-    saved = json.load(f)
-  checkpointing.check_same_stage(
-    saved["stage"],
-    checkpointing.stage_summary(config),
-    f"Stage {name!r} workdir {workdir!r}",
+  saved = checkpointing.saved_config(
+    workdir, config, f"Stage {name!r} workdir {workdir!r}"
   )
-  for key in ("model", "text", "diffusion"):
-    config[key] = ml_collections.ConfigDict(_tuples(saved[key]))
+  if saved is not None:
+    for key in ("model", "text", "diffusion"):
+      config[key] = ml_collections.ConfigDict(_tuples(saved[key]))
   return config
 
 

@@ -81,3 +81,16 @@ def test_evaluate_rejects_bad_input(tmp_path, sample_dir):
     evaluate.evaluate(videos, prompts, (videos, prompts), ["fid"])
   with pytest.raises(ValueError, match="neither DATASET:SPLIT"):
     evaluate.load_reference("bouncing_digits", "", 2, (16, 32, 32))
+
+
+def test_sample_records_errors_name_file_and_line(tmp_path):
+  path = tmp_path / "samples.jsonl"
+  good = json.dumps({"prompt": "p", "files": {"npy": "0000.npy"}})
+  path.write_text(f"{good}\n\n{json.dumps({'prompt': 'p'})}\n")
+  with pytest.raises(ValueError, match=r"samples.jsonl:3: not a sample record"):
+    evaluate.read_records(str(tmp_path))
+  path.write_text(f"{good}\n{{oops\n")
+  with pytest.raises(ValueError, match=r"samples.jsonl:2: not a sample record"):
+    evaluate.load_samples(str(tmp_path))
+  path.write_text(f"\n{good}\n")
+  assert evaluate.read_records(str(tmp_path)) == [(2, json.loads(good))]
