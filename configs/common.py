@@ -92,13 +92,12 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
 def small_model(
   variant: str, *, temporal: str, spatial_attention: bool = True
 ) -> ml_collections.ConfigDict:
-  """The runlocal U-Net of every stage, and the demo's base (and tsr2/tsr3/ssr3).
+  """The demo and runlocal U-Nets, shared by every stage.
 
   Stages differ only in temporal mixing ('attention' for the base, 'conv' for
   SR stages) and in whether the lowest level has spatial self-attention.
-  demo: about 1.4M parameters, sized so that the bouncing-digits base learns
-  on a 2-core CPU in minutes (the demo's SR stages use `demo_sr_model`);
-  runlocal: tiny, for tests.
+  demo: about 1.4M parameters, sized so that the bouncing-digits cascade
+  trains on a 2-core CPU in minutes; runlocal: tiny, for tests.
   """
   if variant == "demo":
     return model_config(
@@ -116,25 +115,6 @@ def small_model(
     channel_mult=(1, 2),
     num_res_blocks=(1, 1),
     spatial_attention=(False, spatial_attention),
-    cross_attention=(False, True),
-    temporal_mixing=(temporal,) * 2,
-    head_dim=8,
-    embed_dim=32,
-  )
-
-
-def demo_sr_model(temporal: str = "conv") -> ml_collections.ConfigDict:
-  """The demo's super-resolution U-Net: about 80k parameters.
-
-  With the input video as conditioning, an SR stage mostly copies and sharpens;
-  this net costs a third of `small_model`'s FLOPs per example (most of them
-  sit at the top level), which buys the demo base more of the 30-minute budget.
-  """
-  return model_config(
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=(1, 1),
-    spatial_attention=(False, False),
     cross_attention=(False, True),
     temporal_mixing=(temporal,) * 2,
     head_dim=8,

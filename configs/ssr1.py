@@ -34,13 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temporal_mixing=("conv",) * 4,
       embed_dim=1024,
     )
-  elif v == "demo":
-    model = common.demo_sr_model()
   else:
     model = common.small_model(v, temporal="conv", spatial_attention=False)
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # Minutes on a 2-core CPU: 16x16 crops, a quarter of the cost.
     config.stage.crop = (16, 16)
-    config.total_steps = 400
+    config.total_steps = 250
     config.optim.warmup_steps = 20  # 100 would be most of so short a run.
   return common.apply_options(config, opts)

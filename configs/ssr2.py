@@ -34,8 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temporal_mixing=("conv",) * 5,
       embed_dim=1024,
     )
-  elif v == "demo":
-    model = common.demo_sr_model()
   else:
     model = common.small_model(v, temporal="conv")
   config = common.stage_config(stage, input_stage, model, v)
