@@ -33,8 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     model = common.small_model(v, temporal="attention")
   config = common.stage_config(stage, input_stage, model, v)
-  if v == "demo":  # About 14 minutes on a 2-core CPU (launch/demo.sh).
-    # Colour is right after ~900 steps, the motion axis after 1,200-1,500; the
-    # digit's identity comes last and needs about 2,400 (README, "Demo results").
-    config.total_steps = 1500
+  if v == "demo":  # About 15 minutes on a 2-core CPU (launch/demo.sh).
+    # Colour is right after ~900 steps, the motion axis after ~1,200; the
+    # digit's identity comes last (README, "Demo results").
+    config.total_steps = 1800
   return common.apply_options(config, opts)

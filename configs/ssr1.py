@@ -39,6 +39,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # Minutes on a 2-core CPU: 16x16 crops, a quarter of the cost.
     config.stage.crop = (16, 16)
-    config.total_steps = 250
+    config.total_steps = 200
     config.optim.warmup_steps = 20  # 100 would be most of so short a run.
   return common.apply_options(config, opts)

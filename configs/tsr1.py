@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model = common.small_model(v, temporal="conv")
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # Minutes on a 2-core CPU (launch/demo.sh).
-    config.total_steps = 250
+    config.total_steps = 200
     config.optim.warmup_steps = 20  # 100 would be most of so short a run.
     # Videos only: single frames teach a temporal SR stage nothing temporal, and
     # on a CPU the second compiled step (image batches) costs most of a minute.
