@@ -23,7 +23,8 @@ from configs import common
 # alpha'^2 = 0.75, sigma'^2 = 0.25: enough noise to hide the previous stage's
 # small artefacts (the train/test mismatch augmentation exists for), little
 # enough that colours and positions, which the SR stage must keep, survive.
-# It lies inside every stage's training range [aug_logsnr_min, aug_logsnr_max].
+# It lies inside the paper stages' training range [aug_logsnr_min, aug_logsnr_max]
+# (the demo samples at 4, inside its SR stages' [2, 20]).
 AUG_LOGSNR = math.log(3.0)
 
 
