@@ -187,7 +187,8 @@ def stage_config(
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0  # Global-norm gradient clipping.
 
-  # EMA of parameters; the demo's ~100-step window lags its short runs less.
+  # EMA of parameters; demo and runlocal use a ~100-step window, which lags
+  # their short runs less.
   c.ema_decay = 0.9999 if variant == "paper" else 0.99
   c.batch_size = 256 if variant == "paper" else 16  # Global batch.
   c.total_steps = 1_000_000 if variant == "paper" else 2_000
