@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
@@ -325,6 +325,22 @@ def build_local_dataset(
   pattern shared by all processes. Element i depends only on (config, split,
   seed, process_index, i).
   """
+  parts, weights = _local_parts(config, split, seed, process_index, process_count)
+  return _mix(parts, weights)
+
+
+def _mix(parts: list[grain.MapDataset], weights: list[float]) -> grain.MapDataset:
+  return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+
+
+def _local_parts(
+  config: ml_collections.ConfigDict,
+  split: str | None,
+  seed: int | None,
+  process_index: int,
+  process_count: int,
+) -> tuple[list[grain.MapDataset], list[float]]:
+  """One infinite MapDataset of batches per mixture source, and its weight."""
   data = config.data
   split = split or data.split
   seed = config.seed if seed is None else seed
@@ -372,12 +388,12 @@ def build_local_dataset(
       _example, source=source, transform=transform, precomputed=precomputed
     )
     ds = ds.repeat().random_map(fn, seed=int(seeds[2 * i + 1]))
-    parts.append(ds.batch(batch_size, batch_fn=_collate))
+    ds = ds.batch(batch_size, batch_fn=_collate)
+    if not precomputed:
+      ds = ds.map(_Tokenize(config.text))
+    parts.append(ds)
     weights.append(float(weight))
-  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  if not precomputed:
-    ds = ds.map(_Tokenize(config.text))
-  return ds
+  return parts, weights
 
 
 class BatchIterator(Iterator[dict[str, jax.Array]]):
@@ -388,8 +404,10 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
     dataset: grain.MapDataset,
     mesh: jax.sharding.Mesh,
     data: ml_collections.ConfigDict,
+    parts: Sequence[grain.MapDataset] = (),
   ):
     self._mesh = mesh
+    self._parts = list(parts)
     ds = dataset.to_iter_dataset(
       grain.ReadOptions(
         num_threads=max(int(data.prefetch), 0),
@@ -401,11 +419,31 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
     self._it = iter(ds)
 
   def __next__(self) -> dict[str, jax.Array]:
-    batch = sharding.global_batch(next(self._it), self._mesh)
+    return self._to_global(next(self._it))
+
+  def _to_global(self, local: dict) -> dict[str, jax.Array]:
+    batch = sharding.global_batch(local, self._mesh)
     for key in ("video", "cond_video"):
       if key in batch:
         batch[key] = _to_unit(batch[key])
     return batch
+
+  def batch_specs(self) -> list[dict[str, jax.ShapeDtypeStruct]]:
+    """Shape, dtype and sharding of every kind of batch the mixture yields.
+
+    One entry per distinct set of shapes (clip batches [B,T,...] and image
+    batches [B*T,1,...] differ), read off each source's first batch, so that
+    a train step can be compiled for all of them before the first step.
+    """
+    specs = {}
+    for part in self._parts:
+      batch = self._to_global(part[0])
+      spec = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+        for k, v in batch.items()
+      }
+      specs.setdefault(batch_key(spec), spec)
+    return list(specs.values())
 
   def close(self) -> None:
     """Stops grain's worker processes (config.data.worker_count > 0)."""
@@ -444,7 +482,10 @@ def create_iterator(
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  dataset = build_local_dataset(
-    config, split=split, seed=seed, process_index=index, process_count=count
-  )
-  return BatchIterator(dataset, mesh, config.data)
+  parts, weights = _local_parts(config, split, seed, index, count)
+  return BatchIterator(_mix(parts, weights), mesh, config.data, parts)
+
+
+def batch_key(batch: dict) -> tuple:
+  """A batch's (key, shape) pairs, sorted: one compiled step per distinct key."""
+  return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))

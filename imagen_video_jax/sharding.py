@@ -162,11 +162,16 @@ def abstract_state(
   return abstract, shardings
 
 
+def jit_init(init_fn: Callable[[jax.Array], Any], shardings: Any) -> Any:
+  """`init_fn` jitted to create its unboxed tree directly in `shardings`."""
+  return jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)
+
+
 def sharded_init(
   init_fn: Callable[[jax.Array], Any], rng: jax.Array, shardings: Any
 ) -> Any:
   """`init_fn(rng)` unboxed and created directly in `shardings` (jit out_shardings)."""
-  return jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(rng)
+  return jit_init(init_fn, shardings)(rng)
 
 
 def batch_axes(mesh: Mesh, rules: Any = None) -> tuple[str, ...]:

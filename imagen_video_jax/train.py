@@ -11,6 +11,7 @@ reads top to bottom: mesh -> workdir -> text encoder -> model and sharded state
 -> train step -> data and restore -> loop (metrics, checkpoints, SIGTERM).
 """
 
+import concurrent.futures
 import signal
 import time
 
@@ -108,18 +109,40 @@ def main(argv):
   )
 
   # ------------------------------------------------------------------------ #
-  # Data and the latest checkpoint (state, EMA and the iterator's position).
+  # Data, then the init and one step per kind of batch (clips [B,T,...] and
+  # images [B*T,1,...] differ in shape) compiled together: XLA compiles off
+  # the GIL, so on a 2-core CPU host three compiles take about half as long.
+  # Meanwhile the latest checkpoint (state, EMA, iterator position) loads.
   # ------------------------------------------------------------------------ #
   train_iter = input_pipeline.create_iterator(config, mesh=mesh)
   ckpt = checkpointing.Checkpointer(
     workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
   )
-  restored = ckpt.restore(abstract_state, train_iter)
-  if restored is None:  # Created directly in its shardings, never on one device.
-    state = sharding.sharded_init(init_fn, rng_init, state_shardings)
-    logging.info("Initialised a new run in %s.", workdir)
-  else:
-    state, _ = restored
+  specs = train_iter.batch_specs()
+
+  def compile_init():
+    return sharding.jit_init(init_fn, state_shardings).lower(rng_init).compile()
+
+  with concurrent.futures.ThreadPoolExecutor(len(specs) + 1) as pool:
+    fresh = ckpt.latest_step() is None
+    init_future = pool.submit(compile_init) if fresh else None
+    step_futures = {
+      input_pipeline.batch_key(spec): pool.submit(
+        lambda s=spec: train_step.lower(abstract_state, s, text_params).compile()
+      )
+      for spec in specs
+    }
+    restored = ckpt.restore(abstract_state, train_iter)
+    if restored is None:  # Created directly in its shardings, never on one device.
+      state = (init_future.result() if init_future else compile_init())(rng_init)
+      logging.info("Initialised a new run in %s.", workdir)
+    else:
+      state, _ = restored
+    compiled = {}
+    for key, future in step_futures.items():
+      compiled[key] = future.result(), train_lib.compiled_flops(future.result())
+      logging.info("Compiled the step for batch shapes %s.", dict(key))
+  sharding.wait_for_all_processes("train_step_compiled")
   step = int(state["step"])
   parameter_overview.log_parameter_overview(
     state["params"], include_stats=False, jax_logging_process=0
@@ -136,22 +159,15 @@ def main(argv):
     hooks.append(
       periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps)
     )
-  # Video and image batches differ in shape ([B,T,...] vs [B*T,1,...]): one
-  # executable and its FLOPs/step (from the cost analysis) per batch shape.
-  compiled, peak = {}, train_lib.peak_flops_per_device(config)
+  # `compiled` holds one executable and its FLOPs/step (from the cost
+  # analysis) per batch shape.
+  peak = train_lib.peak_flops_per_device(config)
   history, bad_streak, bad_total = [], 0, 0
   t_last, steps_timed, flops_timed = None, 0, 0.0
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(train_iter)
-      key = tuple(sorted((k, v.shape) for k, v in batch.items()))
-      if key not in compiled:
-        executable = train_step.lower(state, batch, text_params).compile()
-        compiled[key] = executable, train_lib.compiled_flops(executable)
-        logging.info("Compiled the step for batch shapes %s.", dict(key))
-        sharding.wait_for_all_processes(f"train_step_compiled_{len(compiled)}")
-        t_last = None  # Compiling is not timed.
-      executable, flops = compiled[key]
+      executable, flops = compiled[input_pipeline.batch_key(batch)]
       state, metrics = executable(state, batch, text_params)
     step += 1
     metrics = jax.device_get(metrics)

@@ -46,8 +46,11 @@ def make_config(spec, data_dir, **data):
     config.stage.crop = None
   config.batch_size = 8
   config.data.prefetch = 0
-  if "mixture" in data:
-    config.data.mixture = ml_collections.ConfigDict(data.pop("mixture"))
+  # The tests below rely on this mixture's batch pattern, not on a demo's tuning.
+  mixture = data.pop(
+    "mixture", {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
+  )
+  config.data.mixture = ml_collections.ConfigDict(mixture)
   config.data.update(data)
   return config
 
@@ -196,9 +199,14 @@ def test_batch_shapes_values_and_sharding(data_dir, mesh, spec, cond_shape):
   s = config.stage
   h, w = tuple(s.crop) if s.crop else (s.height, s.width)
   it = ip.create_iterator(config, mesh=mesh)
+  specs = {ip.batch_key(spec): spec for spec in it.batch_specs()}
+  assert len(specs) == 2  # One spec per kind of batch: train.py compiles each.
   # Mixture 0.2 images / 0.8 videos: batch 0 of every 5 holds 8 * T images.
   for n, t, t_in, image in ((8 * s.frames, 1, 1, True), (8, s.frames, None, False)):
     batch = next(it)
+    spec = specs.pop(ip.batch_key(batch))
+    for k, v in batch.items():
+      assert (spec[k].dtype, spec[k].sharding) == (v.dtype, v.sharding), k
     assert batch["video"].shape == (n, t, h, w, 3)
     assert batch["video"].dtype == np.float32
     video = np.asarray(batch["video"])
@@ -340,6 +348,7 @@ _RESUME_SCRIPT = textwrap.dedent(
   mode, data_dir, state_file, out_file = sys.argv[1:]
   config = config_utils.load_config("configs/base.py:demo")
   config.data.data_dir, config.batch_size, config.data.prefetch = data_dir, 8, 2
+  config.data.mixture = {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   it = ip.create_iterator(config, mesh=mesh)
   if mode == "save":
