@@ -110,9 +110,9 @@ def main(argv):
 
   # ------------------------------------------------------------------------ #
   # Data, then the init and one step per kind of batch (clips [B,T,...] and
-  # images [B*T,1,...] differ in shape) compiled together: XLA compiles off
-  # the GIL, so on a 2-core CPU host three compiles take about half as long.
-  # Meanwhile the latest checkpoint (state, EMA, iterator position) loads.
+  # images [B*T,1,...] differ in shape) compiled before the first step, on
+  # threads (XLA compiles off the GIL), while the latest checkpoint (state,
+  # EMA, iterator position) loads.
   # ------------------------------------------------------------------------ #
   train_iter = input_pipeline.create_iterator(config, mesh=mesh)
   ckpt = checkpointing.Checkpointer(
