@@ -401,14 +401,15 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
 
   def __init__(
     self,
-    dataset: grain.MapDataset,
+    parts: Sequence[grain.MapDataset],
+    weights: Sequence[float],
     mesh: jax.sharding.Mesh,
     data: ml_collections.ConfigDict,
-    parts: Sequence[grain.MapDataset] = (),
   ):
+    """Mixes `parts` (one MapDataset of local batches per source) by `weights`."""
     self._mesh = mesh
     self._parts = list(parts)
-    ds = dataset.to_iter_dataset(
+    ds = _mix(self._parts, list(weights)).to_iter_dataset(
       grain.ReadOptions(
         num_threads=max(int(data.prefetch), 0),
         prefetch_buffer_size=max(int(data.prefetch), 1),
@@ -483,7 +484,7 @@ def create_iterator(
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   parts, weights = _local_parts(config, split, seed, index, count)
-  return BatchIterator(_mix(parts, weights), mesh, config.data, parts)
+  return BatchIterator(parts, weights, mesh, config.data)
 
 
 def batch_key(batch: dict) -> tuple:

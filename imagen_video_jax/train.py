@@ -140,7 +140,8 @@ def main(argv):
       state, _ = restored
     compiled = {}
     for key, future in step_futures.items():
-      compiled[key] = future.result(), train_lib.compiled_flops(future.result())
+      executable = future.result()
+      compiled[key] = executable, train_lib.compiled_flops(executable)
       logging.info("Compiled the step for batch shapes %s.", dict(key))
   sharding.wait_for_all_processes("train_step_compiled")
   step = int(state["step"])
