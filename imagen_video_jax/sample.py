@@ -148,6 +148,7 @@ def sample(
   ]
   stages.check_chain(names, configs, from_video=bool(input_video))
   text_config = stages.check_text(names, configs)
+  stages.check_augmentation(names, configs, [s.get("aug_logsnr") for s in settings])
   for name, workdir in zip(names, workdirs):
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):

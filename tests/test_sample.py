@@ -132,6 +132,17 @@ def test_cascade_configs_chain(variant):
   configs = _configs(*(cascade.stages[n].config.split("/")[-1] for n in cascade.order))
   stages.check_chain(cascade.order, configs)
   stages.check_text(cascade.order, configs)
+  augs = [cascade.stages[n].get("aug_logsnr") for n in cascade.order]
+  stages.check_augmentation(cascade.order, configs, augs)
+
+
+def test_augmentation_check_names_stage_and_range():
+  configs = _configs("base.py:demo", "tsr1.py:demo")
+  stages.check_augmentation(["base", "tsr1"], configs, [None, 4.0])
+  with pytest.raises(ValueError, match=r"'tsr1'.*aug_logsnr=1 .*\[2, 20\]"):
+    stages.check_augmentation(["base", "tsr1"], configs, [None, 1.0])
+  with pytest.raises(ValueError, match="SR stage 'tsr1' needs"):
+    stages.check_augmentation(["base", "tsr1"], configs, [None, None])
 
 
 def test_runlocal_cascade_has_paper_ratios():

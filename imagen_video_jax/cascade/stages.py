@@ -112,6 +112,35 @@ def check_chain(
       )
 
 
+def check_augmentation(
+  names: Sequence[str],
+  configs: Sequence[ml_collections.ConfigDict],
+  aug_logsnrs: Sequence[float | None],
+) -> None:
+  """Raises ValueError unless each SR stage samples at a lambda' it trained on.
+
+  A super-resolution stage is conditioned at sampling on its input noised to the
+  fixed logSNR `aug_logsnr` (paper Sec. 2.5); it only learnt lambda' drawn from
+  its config's [diffusion.aug_logsnr_min, diffusion.aug_logsnr_max].
+
+  Args:
+    names: the stage names, in order.
+    configs: their training configs.
+    aug_logsnrs: each stage's sampling lambda' (None for a base stage).
+  """
+  for name, cfg, aug in zip(names, configs, aug_logsnrs, strict=True):
+    if input_shape(cfg) is None:
+      continue
+    if aug is None:
+      raise ValueError(f"SR stage {name!r} needs settings.aug_logsnr.")
+    lo, hi = cfg.diffusion.aug_logsnr_min, cfg.diffusion.aug_logsnr_max
+    if not lo <= aug <= hi:
+      raise ValueError(
+        f"Stage {name!r}: sampling aug_logsnr={aug:g} lies outside the range it "
+        f"was trained on, [{lo:g}, {hi:g}] (diffusion.aug_logsnr_min/max)."
+      )
+
+
 def check_text(
   names: Sequence[str], configs: Sequence[ml_collections.ConfigDict]
 ) -> ml_collections.ConfigDict:
