@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from imagen_video_jax.cascade import conditioning
+from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import guidance, samplers, schedules
 from imagen_video_jax.models import video_unet
 
@@ -166,8 +166,7 @@ def make_stage_fn(
   d = config.diffusion
   logsnr_fn = schedules.get_logsnr_fn(d.schedule, d.logsnr_min, d.logsnr_max)
   is_sr = config.stage.input is not None
-  if is_sr and settings.get("aug_logsnr") is None:
-    raise ValueError(f"SR stage {config.stage.name!r} needs settings.aug_logsnr.")
+  stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
 
   def one(variables, key, emb, mask, prev):
     """One sample: key [2], emb [L, D], mask [L], prev [T', H', W', 3] or None."""
