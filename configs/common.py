@@ -132,7 +132,9 @@ def stage_config(
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.stage.input = input_stage  # Previous stage's output shape (None for base).
-  c.stage.crop = None  # (h, w) random crop of output and conditioning (ssr3).
+  # (h, w) random crop of output and conditioning (ssr1 demo, ssr3); a typed
+  # placeholder so that `--config.stage.crop='(8, 8)'` can set it.
+  c.stage.crop = ml_collections.config_dict.placeholder(tuple)
   c.model = model
   if input_stage is not None:
     c.model.cond_channels = 3

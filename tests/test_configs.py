@@ -27,3 +27,16 @@ def test_options_override_and_unknown_key_is_an_error():
 def test_missing_config_file_is_named():
   with pytest.raises(ValueError, match="nope.py"):
     config_utils.load_config("configs/nope.py:demo")
+
+
+def test_crop_can_be_set_from_the_command_line():
+  """A stage without a crop takes one from a flag, as ssr1's demo sets one."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  argv = ["prog", "--config=configs/tsr1.py:demo", "--config.stage.crop=(8, 8)"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert tuple(fv.config.stage.crop) == (8, 8)
+  assert config_utils.load_config("configs/tsr1.py:demo").stage.crop is None
