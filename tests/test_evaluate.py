@@ -35,8 +35,10 @@ def sample_dir(tmp_path_factory):
   return root
 
 
-def test_load_samples_reads_npy_and_mp4(sample_dir):
-  videos, prompts = evaluate.load_samples(sample_dir)
+def test_load_samples_reads_npy_and_mp4(sample_dir, caplog):
+  with caplog.at_level("WARNING"):
+    videos, prompts = evaluate.load_samples(sample_dir)
+  assert "1 of 6 samples judged from their lossy mp4" in caplog.text
   want, _ = alignment.reference_videos("test", 6, 16, 32, 32, seed=7)
   assert videos.shape == (6, 16, 32, 32, 3) and len(prompts) == 6
   np.testing.assert_array_equal(videos[:5], want[:5])
