@@ -1,6 +1,8 @@
 """Stage configs load for every variant and reject unknown options."""
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from configs import common
 from imagen_video_jax import config_utils
@@ -31,9 +33,6 @@ def test_missing_config_file_is_named():
 
 def test_crop_can_be_set_from_the_command_line():
   """A stage without a crop takes one from a flag, as ssr1's demo sets one."""
-  from absl import flags
-  from ml_collections import config_flags
-
   argv = ["prog", "--config=configs/tsr1.py:demo", "--config.stage.crop=(8, 8)"]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
