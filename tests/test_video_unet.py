@@ -133,6 +133,40 @@ def test_image_examples_equal_frame_by_frame(which, request):
   assert np.max(np.abs(video - images)) > 1e-3
 
 
+def test_cross_attention_matches_per_frame_numpy_reference():
+  # Frames join the query sequence (one key/value projection per example); the
+  # result must be each frame's own softmax attention to the caption.
+  c, d, heads = 8, 6, 2
+  ks = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(ks[0], (B, T, H, W, c))
+  text = jax.random.normal(ks[1], (B, L, d))
+  mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  block = attention.CrossAttention(head_dim=c // heads)
+  shapes = jax.eval_shape(lambda: block.init(jax.random.key(0), x, text, mask))
+  params = _random_params(shapes["params"])
+  out = jax.jit(block.apply)({"params": params}, x, text, mask)
+
+  p = jax.tree.map(np.asarray, params)
+  xn = np.asarray(x, np.float64).reshape(B, T, H * W, c)
+  mu = xn.mean(axis=2, keepdims=True)  # GroupNorm per frame: 8 groups of 1 channel
+  y = (xn - mu) / np.sqrt(xn.var(axis=2, keepdims=True) + 1e-6)
+  y = y * p["norm"]["scale"] + p["norm"]["bias"]
+  tn = np.asarray(text, np.float64)
+  tn = (tn - tn.mean(-1, keepdims=True)) / np.sqrt(tn.var(-1, keepdims=True) + 1e-6)
+  tn = tn * p["text_norm"]["scale"] + p["text_norm"]["bias"]
+  a = p["attention"]
+  q = np.einsum("btsc,chk->btshk", y, a["query"]["kernel"])
+  k = np.einsum("blc,chk->blhk", tn, a["key"]["kernel"])
+  v = np.einsum("blc,chk->blhk", tn, a["value"]["kernel"])
+  logits = np.einsum("btshk,blhk->bthsl", q, k) / np.sqrt(c // heads)
+  logits = np.where(np.asarray(mask)[:, None, None, None, :], logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  o = np.einsum("bthsl,blhk->btshk", w, v)
+  ref = xn + np.einsum("btshk,hkc->btsc", o, a["out"]["kernel"]) + a["out"]["bias"]
+  np.testing.assert_allclose(out, ref.reshape(x.shape), atol=2e-4, rtol=2e-4)
+
+
 def test_text_mask_hides_padding_and_text_matters(attn_model):
   m = attn_model
   kw = _inputs(m.config)

@@ -105,7 +105,9 @@ class CrossAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, text: Array, text_mask: Array) -> Array:
     b, t, h, w, c = x.shape
-    y = layers.group_norm(x, dtype=self.dtype, name="norm").reshape(b * t, h * w, c)
+    # Frames join the query sequence: every position of every frame attends to the
+    # same caption, so keys and values are projected once per example, not per frame.
+    y = layers.group_norm(x, dtype=self.dtype, name="norm").reshape(b, t * h * w, c)
     ctx = nn.LayerNorm(
       dtype=self.dtype,
       param_dtype=jnp.float32,
@@ -113,8 +115,7 @@ class CrossAttention(nn.Module):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
       name="text_norm",
     )(text)
-    ctx = jnp.repeat(ctx, t, axis=0)  # [B*T, L, D]: the same text for every frame.
-    mask = jnp.repeat(text_mask, t, axis=0)[:, None, None, :]  # [B*T, 1, 1, L]
+    mask = text_mask[:, None, None, :]  # [B, 1, 1, L]
     y = _Attention(self.head_dim, self.dtype, name="attention")(y, ctx, mask=mask)
     return layers.constrain(x + y.reshape(x.shape))
 
