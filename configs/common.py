@@ -183,7 +183,8 @@ def stage_config(
   c.optim.name = "adamw"
   c.optim.learning_rate = 1e-4 if variant == "paper" else 2e-3  # Peak learning rate.
   c.optim.warmup_steps = 10_000 if variant == "paper" else 100  # Linear warmup.
-  c.optim.schedule = "constant"  # After warmup: 'constant' | 'cosine'.
+  c.optim.schedule = "constant"  # After warmup: 'constant' | 'cosine' | 'wsd'.
+  c.optim.decay_fraction = 0.2  # 'wsd': linear decay to 0 over this last fraction.
   c.optim.b1 = 0.9
   c.optim.b2 = 0.99
   c.optim.weight_decay = 0.0

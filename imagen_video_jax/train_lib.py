@@ -37,19 +37,38 @@ PEAK_FLOPS = (
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int):
-  """Linear warmup to `optim.learning_rate`, then constant or cosine decay."""
+  """Linear warmup to `optim.learning_rate`, then constant, cosine or WSD.
+
+  'wsd' (warmup-stable-decay) holds the peak and decays linearly to 0 over the
+  last `optim.decay_fraction` of `total_steps`: a short run learns at the full
+  rate for most of its steps and still ends with small, precise updates.
+  """
   peak, warmup = optim.learning_rate, max(int(optim.warmup_steps), 0)
+  warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
   if optim.schedule == "constant":
-    return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
-      [warmup],
-    )
+    return optax.join_schedules([warm, optax.constant_schedule(peak)], [warmup])
   if optim.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
       0.0, peak, max(warmup, 1), max(total_steps, warmup + 1)
     )
+  if optim.schedule == "wsd":
+    fraction = optim.get("decay_fraction", 0.2)
+    if not 0.0 < fraction <= 1.0:
+      raise ValueError(
+        f"config.optim.decay_fraction={fraction!r}; expected a fraction in (0, 1]."
+      )
+    decay = max(int(round(fraction * total_steps)), 1)
+    start = max(total_steps - decay, warmup)
+    return optax.join_schedules(
+      [
+        warm,
+        optax.constant_schedule(peak),
+        optax.linear_schedule(peak, 0.0, max(total_steps - start, 1)),
+      ],
+      [warmup, start],
+    )
   raise ValueError(
-    f"config.optim.schedule={optim.schedule!r}; expected 'constant' or 'cosine'."
+    f"config.optim.schedule={optim.schedule!r}; expected 'constant', 'cosine' or 'wsd'."
   )
 
 

@@ -225,3 +225,33 @@ def test_stage_shape_that_does_not_fit_the_model_is_named():
   init_fn = train_lib.make_init_fn(config, model, tx)
   with pytest.raises(ValueError, match="height 7"):
     jax.eval_shape(init_fn, jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+  "schedule, expected",
+  [
+    # step:      0     50    100   500   800   900   1000
+    ("constant", [0.0, 1.5, 3.0, 3.0, 3.0, 3.0, 3.0]),
+    # Linear decay to 0 over the last 20% (steps 800-1000).
+    ("wsd", [0.0, 1.5, 3.0, 3.0, 3.0, 1.5, 0.0]),
+    # 0.5 * (1 + cos(pi * (s - 100) / 900)) after warmup.
+    ("cosine", [0.0, 1.5, 3.0, 1.76047, 0.35093, 0.09046, 0.0]),
+  ],
+)
+def test_learning_rate_schedules_match_closed_forms(schedule, expected):
+  optim = config_utils.load_config("configs/base.py:runlocal").optim
+  optim.learning_rate, optim.warmup_steps, optim.schedule = 3e-3, 100, schedule
+  lr = train_lib.learning_rate_schedule(optim, 1000)
+  got = [float(lr(s)) * 1e3 for s in (0, 50, 100, 500, 800, 900, 1000)]
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "key, value", [("schedule", "linear"), ("decay_fraction", 0.0)]
+)
+def test_bad_learning_rate_schedule_is_named(key, value):
+  optim = config_utils.load_config("configs/base.py:runlocal").optim
+  optim.schedule = "wsd"
+  optim[key] = value
+  with pytest.raises(ValueError, match=key):
+    train_lib.learning_rate_schedule(optim, 1000)
