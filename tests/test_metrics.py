@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import scipy.linalg
@@ -203,6 +204,20 @@ def test_clip_with_tiny_random_weights(tmp_path):
   assert rows["clip_score"]["samples"] == rows["clip_score"]["ground_truth"]
   assert 0 <= rows["clip_score"]["samples"] <= 100
   assert 0 <= rows["clip_r_precision"]["samples"] <= 1
+
+
+def test_map_batches_splits_each_batch_over_devices_and_keeps_order():
+  seen = []
+
+  def fn(variables, batch):
+    seen.append((batch.shape[0], len(batch.sharding.device_set)))
+    return batch.sum(axis=1) + variables["b"]
+
+  x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+  y = fid.map_batches(fn, {"b": np.float32(1)}, x, batch_size=4)
+  np.testing.assert_array_equal(y, x.sum(axis=1) + 1)  # The padding is dropped.
+  split = max(d for d in (1, 2, 4) if d <= jax.local_device_count())
+  assert seen == [(4, split), (4, split)]
 
 
 # ----------------------------------------------------------------------------

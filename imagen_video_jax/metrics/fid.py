@@ -13,13 +13,14 @@ Flax msgpack of {'params', 'batch_stats'} that the user provides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -337,19 +338,42 @@ def _features(variables: dict, images: jax.Array) -> jax.Array:
   return InceptionV3().apply(variables, x)
 
 
+def map_batches(
+  fn: Callable[[dict, jax.Array], jax.Array],
+  variables: dict,
+  x: np.ndarray,
+  batch_size: int,
+) -> np.ndarray:
+  """fn(variables, batch) over `x` [N, ...] in batches -> float64 [N, ...].
+
+  Each batch is split over as many local devices as divide it (data parallel:
+  on a CPU host, one XLA:CPU device per core keeps every core busy); the last
+  batch is padded so that every call has one compiled shape.
+  """
+  batch_size = min(batch_size, len(x))
+  devices = jax.local_devices()
+  n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+  devices = devices[:n]
+  mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+  split = jax.sharding.NamedSharding(mesh, P("batch"))
+  variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, P()))
+  out = []
+  for i in range(0, len(x), batch_size):
+    chunk = x[i : i + batch_size]
+    pad = batch_size - len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+    y = fn(variables, jax.device_put(chunk, split))
+    out.append(np.asarray(y, np.float64)[: batch_size - pad])
+  return np.concatenate(out)
+
+
 def inception_features(
   variables: dict, images: np.ndarray, batch_size: int = 32
 ) -> np.ndarray:
   """InceptionV3 pool features float64 [N, 2048] of uint8 images [N, H, W, 3]."""
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must be [N, H, W, 3]; got shape {images.shape}.")
-  out = []
-  for i in range(0, len(images), batch_size):
-    chunk = images[i : i + batch_size]
-    pad = batch_size - len(chunk) if len(images) > batch_size else 0
-    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(_features(variables, chunk), np.float64)[: len(chunk) - pad])
-  return np.concatenate(out)
+  return map_batches(_features, variables, images, batch_size)
 
 
 def frame_fid(

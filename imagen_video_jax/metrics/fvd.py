@@ -73,15 +73,7 @@ def i3d_features(videos: np.ndarray, batch_size: int = 8) -> np.ndarray:
     raise ValueError(
       f"videos must be uint8 [N, T, H, W, 3]; got {videos.dtype} {videos.shape}."
     )
-  variables = i3d_variables()
-  batch_size = min(batch_size, len(videos))
-  out = []
-  for i in range(0, len(videos), batch_size):
-    chunk = videos[i : i + batch_size]
-    pad = batch_size - len(chunk)  # One compiled shape for every batch.
-    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
-    out.append(np.asarray(_logits(variables, chunk), np.float64)[: batch_size - pad])
-  return np.concatenate(out)
+  return fid.map_batches(_logits, i3d_variables(), videos, batch_size)
 
 
 def fvd(videos1: np.ndarray, videos2: np.ndarray, batch_size: int = 8) -> float:
