@@ -346,9 +346,9 @@ def map_batches(
 ) -> np.ndarray:
   """fn(variables, batch) over `x` [N, ...] in batches -> float64 [N, ...].
 
-  Each batch is split over as many local devices as divide it (data parallel:
-  on a CPU host, one XLA:CPU device per core keeps every core busy); the last
-  batch is padded so that every call has one compiled shape.
+  Each batch is split over as many local devices as divide it (data parallel,
+  every chip of a GPU or TPU host); the last batch is padded so that every call
+  has one compiled shape.
   """
   batch_size = min(batch_size, len(x))
   devices = jax.local_devices()
