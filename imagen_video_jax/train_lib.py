@@ -52,7 +52,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int):
       0.0, peak, max(warmup, 1), max(total_steps, warmup + 1)
     )
   if optim.schedule == "wsd":
-    fraction = optim.get("decay_fraction", 0.2)
+    fraction = optim.decay_fraction
     if not 0.0 < fraction <= 1.0:
       raise ValueError(
         f"config.optim.decay_fraction={fraction!r}; expected a fraction in (0, 1]."

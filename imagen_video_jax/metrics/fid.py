@@ -20,7 +20,8 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
+
+from imagen_video_jax import sharding
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -353,10 +354,9 @@ def map_batches(
   batch_size = min(batch_size, len(x))
   devices = jax.local_devices()
   n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
-  devices = devices[:n]
-  mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-  split = jax.sharding.NamedSharding(mesh, P("batch"))
-  variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, P()))
+  mesh = sharding.make_mesh((-1, 1, 1), devices[:n])
+  split = sharding.input_sharding(mesh)
+  variables = jax.device_put(variables, jax.NamedSharding(mesh, jax.P()))
   out = []
   for i in range(0, len(x), batch_size):
     chunk = x[i : i + batch_size]
