@@ -32,10 +32,10 @@ def test_missing_config_file_is_named():
 
 
 def test_crop_can_be_set_from_the_command_line():
-  """A stage without a crop takes one from a flag, as ssr1's demo sets one."""
-  argv = ["prog", "--config=configs/tsr1.py:demo", "--config.stage.crop=(8, 8)"]
+  """A stage without a crop takes one from a flag, as the SR demos set one."""
+  argv = ["prog", "--config=configs/base.py:demo", "--config.stage.crop=(8, 8)"]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
   fv(argv)
   assert tuple(fv.config.stage.crop) == (8, 8)
-  assert config_utils.load_config("configs/tsr1.py:demo").stage.crop is None
+  assert config_utils.load_config("configs/base.py:demo").stage.crop is None

@@ -42,7 +42,7 @@ def mesh():
 def make_config(spec, data_dir, **data):
   config = config_utils.load_config(os.path.join(ROOT, spec))
   config.data.data_dir = data_dir
-  if spec.endswith("ssr1.py:demo"):  # Its demo trains on crops; test full frames.
+  if spec.endswith(("tsr1.py:demo", "ssr1.py:demo")):  # Crop-trained; test full frames.
     config.stage.crop = None
   config.batch_size = 8
   config.data.prefetch = 0
