@@ -132,7 +132,7 @@ def stage_config(
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.stage.input = input_stage  # Previous stage's output shape (None for base).
-  # (h, w) random crop of output and conditioning (ssr1 demo, ssr3); a typed
+  # (h, w) random crop of output and conditioning (tsr1, ssr1 demos; ssr3); a typed
   # placeholder so that `--config.stage.crop='(8, 8)'` can set it.
   c.stage.crop = ml_collections.config_dict.placeholder(tuple)
   c.model = model
