@@ -155,7 +155,7 @@ def stage_config(
   c.diffusion.schedule = "cosine"  # Continuous logSNR schedule.
   c.diffusion.logsnr_min = -20.0  # lambda_min of the schedule.
   # lambda_max of the schedule. The demo stops at 8: its samplers' last model
-  # call is at lambda ~6 (48 base steps) or ~4 (16 SR steps), and above lambda 5
+  # call is at lambda ~6 (48 base steps) or ~3 (8 SR steps), and above lambda 5
   # the v-MSE stays at 0.2-1 (the small nets cannot pull the tiny noise out of
   # the clip), so those ~5% of draws made half the loss and its gradient noise.
   c.diffusion.logsnr_max = 8.0 if variant == "demo" else 20.0
