@@ -36,8 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     # The demo trains on 8x8 crops, where the lowest level is 2x2 (4x4 when
-    # sampling full frames); without its spatial attention tsr1 trains 15%
-    # faster and keeps as many digits (README, "Demo results").
+    # sampling full frames); without its spatial attention tsr1 trained in 164 s
+    # against 194 s and kept as many digits (README, "Demo results").
     model = common.small_model(v, temporal="conv", spatial_attention=v != "demo")
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # Minutes on a 2-core CPU (launch/demo.sh).
