@@ -74,7 +74,9 @@ def _stage_config(name: str, spec: str, workdir: str) -> ml_collections.ConfigDi
   )
   if saved is not None:
     for key in ("model", "text", "diffusion"):
-      config[key] = ml_collections.ConfigDict(_tuples(saved[key]))
+      # A key newer than the checkpoint keeps its default (the old behaviour).
+      merged = config[key].to_dict() | _tuples(saved[key])
+      config[key] = ml_collections.ConfigDict(merged)
   return config
 
 

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from imagen_video_jax.cascade import conditioning
+from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import losses, schedules
 from imagen_video_jax.models import t5, video_unet
 
@@ -141,7 +141,7 @@ def sr_conditioning(
     lambda' ~ U[aug_logsnr_min, aug_logsnr_max] per example (paper Sec. 2.5,
     noise conditioning augmentation), and lambda' [B].
   """
-  video = conditioning.upsample(cond_video, *shape)
+  video = conditioning.upsample(cond_video, *shape, diffusion.temporal_upsample)
   rng_level, rng_noise = jax.random.split(rng)
   aug_logsnr = jax.random.uniform(
     rng_level,
@@ -203,6 +203,7 @@ def make_model(config: ml_collections.ConfigDict) -> video_unet.VideoUNet:
   """VideoUNet(**config.model) with the run's compute dtype and remat policy."""
   if config.remat not in ("none", "block", "full"):
     raise ValueError(f"config.remat={config.remat!r}; expected none, block or full.")
+  stages.check_conditioning(config.stage.name, config)
   return video_unet.VideoUNet(
     **dict(
       config.model,

@@ -20,6 +20,21 @@ def test_temporal_upsample_repeats_frames():
     np.testing.assert_array_equal(out[:, t], video[:, t // 2])
 
 
+def test_temporal_upsample_linear_blends_neighbours():
+  video = _video((2, 3, 4, 5, 3))
+  out = np.asarray(conditioning.upsample(video, 6, 4, 5, temporal="linear"))
+  v = np.asarray(video)
+  # Input frame k lands on output frame 2k; frame 2k + 1 is the mean of k, k + 1;
+  # after the last input frame there is nothing to blend with, so it repeats.
+  expected = [v[:, 0], (v[:, 0] + v[:, 1]) / 2, v[:, 1], (v[:, 1] + v[:, 2]) / 2]
+  expected += [v[:, 2], v[:, 2]]
+  np.testing.assert_allclose(out, np.stack(expected, axis=1), atol=1e-6)
+  thirds = np.asarray(conditioning.upsample(video, 9, 4, 5, temporal="linear"))
+  np.testing.assert_allclose(thirds[:, 4], v[:, 1] * 2 / 3 + v[:, 2] / 3, atol=1e-6)
+  with pytest.raises(ValueError, match="temporal='cubic'"):
+    conditioning.upsample(video, 6, 4, 5, temporal="cubic")
+
+
 def test_spatial_upsample_is_bilinear():
   # A linear ramp along width stays linear under bilinear x2 interpolation
   # (away from the borders, where edge clamping applies).

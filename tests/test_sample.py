@@ -145,6 +145,23 @@ def test_augmentation_check_names_stage_and_range():
     stages.check_augmentation(["base", "tsr1"], configs, [None, None])
 
 
+def test_conditioning_check_names_stage_and_key():
+  base, tsr1 = _configs("base.py:demo", "tsr1.py:demo")
+  for name, cfg in (("base", base), ("tsr1", tsr1)):
+    stages.check_conditioning(name, cfg)
+  tsr1.model.cond_skip = True
+  stages.check_conditioning("tsr1", tsr1)
+  tsr1.diffusion.parameterization = "eps"
+  with pytest.raises(ValueError, match=r"'tsr1'.*parameterization='v'; got 'eps'"):
+    stages.check_conditioning("tsr1", tsr1)
+  base.model.cond_skip = True
+  with pytest.raises(ValueError, match=r"'base'.*needs an SR stage"):
+    stages.check_conditioning("base", base)
+  tsr1.diffusion.temporal_upsample = "nearest"
+  with pytest.raises(ValueError, match=r"'tsr1'.*temporal_upsample='nearest'"):
+    stages.check_conditioning("tsr1", tsr1)
+
+
 def test_runlocal_cascade_has_paper_ratios():
   """Each runlocal stage scales frames and size by the paper's factors."""
   ratios = {}
@@ -295,6 +312,16 @@ def test_stage_config_takes_the_trained_network_from_the_workdir(tmp_path):
   )
   assert config.model.base_channels == 12
   assert config.model.temporal_mixing == ("conv", "attention")
+  # A config.json from before a key existed: the key keeps its default.
+  path = tmp_path / "base" / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["model"]["cond_skip"], saved["diffusion"]["temporal_upsample"]
+  path.write_text(json.dumps(saved))
+  config = sample._stage_config(
+    "base", "configs/base.py:runlocal", str(tmp_path / "base")
+  )
+  assert config.model.base_channels == 12 and config.model.cond_skip is False
+  assert config.diffusion.temporal_upsample == "repeat"
   # No config.json: the named config as it is.
   config = sample._stage_config("base", "configs/base.py:runlocal", str(tmp_path))
   assert config.model.base_channels == 8

@@ -228,6 +228,32 @@ def test_every_param_has_logical_axes(attn_model, conv_model):
     assert {"embed", "conv_in", "conv_out"} <= names
 
 
+def test_cond_skip_predicts_the_residual_of_the_conditioning(conv_model):
+  # v_hat = out - sigma_t cond: the same params give outputs that differ by
+  # exactly sigma_t cond, and with a zero output layer x_hat = alpha z + sigma^2 c.
+  m = conv_model
+  skip = video_unet.VideoUNet(**dict(m.config.model, cond_skip=True))
+  plain = video_unet.VideoUNet(**dict(m.config.model, cond_skip=False))
+  kw = _inputs(m.config)
+  out = skip.apply({"params": m.params}, **kw)
+  plain = plain.apply({"params": m.params}, **kw)
+  lam = np.asarray(kw["logsnr"], np.float64)[:, None, None, None, None]
+  alpha, sigma = np.sqrt(1 / (1 + np.exp(-lam))), np.sqrt(1 / (1 + np.exp(lam)))
+  cond = np.asarray(kw["cond_video"])
+  np.testing.assert_allclose(out, plain - sigma * cond, atol=1e-5)
+  zero = jax.tree_util.tree_map_with_path(
+    lambda p, x: jnp.zeros_like(x) if "conv_out" in jax.tree_util.keystr(p) else x,
+    m.params,
+  )
+  v_hat = np.asarray(skip.apply({"params": zero}, **kw), np.float64)
+  x_hat = alpha * np.asarray(kw["z"]) - sigma * v_hat  # Sec. 2.1.
+  np.testing.assert_allclose(x_hat, alpha * kw["z"] + sigma**2 * cond, atol=1e-5)
+  with pytest.raises(ValueError, match="cond_skip needs cond_channels"):
+    video_unet.VideoUNet(**dict(m.config.model, cond_channels=4, cond_skip=True)).apply(
+      {"params": m.params}, **kw
+    )
+
+
 def test_bad_inputs_name_the_shapes(conv_model):
   m = conv_model
   kw = _inputs(m.config)

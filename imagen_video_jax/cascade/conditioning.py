@@ -14,15 +14,23 @@ import jax.numpy as jnp
 
 from imagen_video_jax.diffusion import schedules
 
+TEMPORAL = ("repeat", "linear")
 
-def upsample(video: jax.Array, frames: int, height: int, width: int) -> jax.Array:
+
+def upsample(
+  video: jax.Array, frames: int, height: int, width: int, temporal: str = "repeat"
+) -> jax.Array:
   """Brings a video to a stage's frame count and resolution.
 
   Args:
     video: [B, T', H', W', C] previous stage's output.
-    frames: T, a multiple of T' (each input frame is repeated T / T' times).
+    frames: T, a multiple of T' = T / r.
     height: H (bilinear resize).
     width: W (bilinear resize).
+    temporal: how frames are filled in when T > T'. 'repeat' (paper Sec. 2.2):
+      output frame i is input frame i // r. 'linear': input frame k lands on
+      output frame k r and the frames between blend its two neighbours linearly
+      in time (after the last input frame, it is repeated).
 
   Returns:
     [B, T, H, W, C] in video's dtype.
@@ -36,9 +44,18 @@ def upsample(video: jax.Array, frames: int, height: int, width: int) -> jax.Arra
     )
   if height <= 0 or width <= 0:
     raise ValueError(f"height={height}, width={width} must be positive.")
-  if frames != t_in:
+  if temporal not in TEMPORAL:
+    raise ValueError(f"temporal={temporal!r}; expected one of {TEMPORAL}.")
+  if frames != t_in and temporal == "repeat":
     # Temporal SR input: frame i of the output is frame i // (T / T') of the input.
     video = jnp.repeat(video, frames // t_in, axis=1)
+  elif frames != t_in:
+    r = frames // t_in
+    pos = jnp.arange(frames) / r  # Output frame i sits at input time i / r.
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, t_in - 1)
+    frac = (pos - lo).astype(video.dtype)[None, :, None, None, None]
+    video = (1 - frac) * video[:, lo] + frac * video[:, hi]
   if (height, width) != (h_in, w_in):
     # Spatial SR input: bilinear resize of every frame (antialiased when shrinking).
     video = jax.image.resize(

@@ -167,6 +167,7 @@ def make_stage_fn(
   logsnr_fn = schedules.get_logsnr_fn(d.schedule, d.logsnr_min, d.logsnr_max)
   is_sr = config.stage.input is not None
   stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
+  stages.check_conditioning(config.stage.name, config)
 
   def one(variables, key, emb, mask, prev):
     """One sample: key [2], emb [L, D], mask [L], prev [T', H', W', 3] or None."""
@@ -174,7 +175,9 @@ def make_stage_fn(
     cond = aug = None
     if is_sr:
       aug = jnp.full((1,), settings.aug_logsnr, jnp.float32)
-      up = conditioning.upsample(prev[None], frames, height, width)
+      up = conditioning.upsample(
+        prev[None], frames, height, width, d.get("temporal_upsample", "repeat")
+      )
       cond, _ = conditioning.noise_augment(up, aug_key, aug)  # Sec. 2.5.
     model_fn = _model_fn(
       model,

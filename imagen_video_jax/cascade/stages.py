@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from imagen_video_jax.cascade import conditioning
+
 Shape = tuple[int, int, int]  # (frames, height, width)
 
 
@@ -110,6 +112,33 @@ def check_chain(
         f"Stage {name!r}: its {shape_out[0]} frames are not a multiple of its "
         f"input's {shape_in[0]} frames (temporal SR repeats frames)."
       )
+
+
+def check_conditioning(name: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError if a stage's SR-conditioning keys do not fit together.
+
+  `model.cond_skip` offsets the network's v output by -sigma_t cond, which only
+  means "predict the residual x - cond" for an SR stage with parameterization
+  'v'; `diffusion.temporal_upsample` must be a method `conditioning.upsample`
+  knows.
+  """
+  how = config.diffusion.get("temporal_upsample", "repeat")
+  if how not in conditioning.TEMPORAL:
+    raise ValueError(
+      f"Stage {name!r}: diffusion.temporal_upsample={how!r}; expected one of "
+      f"{conditioning.TEMPORAL}."
+    )
+  if not config.model.get("cond_skip"):
+    return
+  if input_shape(config) is None:
+    raise ValueError(
+      f"Stage {name!r}: model.cond_skip needs an SR stage (stage.input is None)."
+    )
+  if config.diffusion.parameterization != "v":
+    raise ValueError(
+      f"Stage {name!r}: model.cond_skip needs diffusion.parameterization='v'; "
+      f"got {config.diffusion.parameterization!r}."
+    )
 
 
 def check_augmentation(

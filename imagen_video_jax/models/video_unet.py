@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagen_video_jax.diffusion import schedules
 from imagen_video_jax.models import attention, layers
 
 Array = jax.Array
@@ -81,6 +82,7 @@ class VideoUNet(nn.Module):
   dtype: str = "float32"
   remat: str = "none"
   num_extra_scalars: int = 0
+  cond_skip: bool = False
 
   def _check_config(self) -> None:
     n = len(self.channel_mult)
@@ -99,6 +101,11 @@ class VideoUNet(nn.Module):
         raise ValueError(f"model.temporal_mixing {mixing!r} not in {TEMPORAL_MIXING}")
     if self.remat not in ("none", "block"):
       raise ValueError(f"model.remat {self.remat!r} not in ('none', 'block')")
+    if self.cond_skip and self.cond_channels != self.out_channels:
+      raise ValueError(
+        f"model.cond_skip needs cond_channels == out_channels; got "
+        f"{self.cond_channels} and {self.out_channels}"
+      )
 
   def _check_inputs(
     self, z, logsnr, text, text_mask, cond_video, aug_logsnr, extra_scalars
@@ -259,4 +266,12 @@ class VideoUNet(nn.Module):
       ),
       h,
     )
-    return layers.constrain(out.astype(jnp.float32))
+    out = out.astype(jnp.float32)
+    if self.cond_skip:
+      # v-prediction of the residual x - c: v_hat = out - sigma_t c, so a zero
+      # output predicts x_hat = alpha_t z + sigma_t^2 c (x_hat = alpha z - sigma v,
+      # paper Sec. 2.1), the conditioning itself at low SNR. An SR stage then
+      # learns what its input lacks instead of how to copy it.
+      _, sigma = schedules.alpha_sigma(logsnr)
+      out = out - schedules.expand_to(sigma, out) * cond_video.astype(jnp.float32)
+    return layers.constrain(out)
