@@ -84,7 +84,8 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   )
   m.num_extra_scalars = 0  # Extra scalar conditions (distillation adds guidance w).
   # SR stages: predict the v of the residual x - cond (v_hat = out - sigma_t cond),
-  # so an untrained net already copies its input; needs parameterization 'v'.
+  # so an untrained net already copies its input; needs parameterization 'v'. Off:
+  # the demo's SR stages then also copy the base's flaws (README, "Demo results").
   m.cond_skip = False
   m.dtype = "float32"  # Compute dtype; parameters stay float32.
   m.remat = "none"  # Rematerialisation: 'none' | 'block'.
@@ -142,11 +143,6 @@ def stage_config(
   if input_stage is not None:
     c.model.cond_channels = 3
     c.model.use_aug_embedding = True
-    # The paper's SR stages only concatenate the conditioning. The demo's few
-    # hundred steps copy it better as a residual (README, "Demo results": tsr1 on
-    # ground truth 0.805 against 0.789, ssr1 0.922 against 0.914; final loss of
-    # ssr1 0.051 against 0.090); runlocal follows the demo so tests cover it.
-    c.model.cond_skip = variant != "paper"
 
   c.text = ml_collections.ConfigDict()
   c.text.encoder = "byte_t5"  # 'byte_t5' (offline: bytes + seeded frozen T5) | 't5'.
