@@ -46,11 +46,11 @@ def upsample(
     raise ValueError(f"height={height}, width={width} must be positive.")
   if temporal not in TEMPORAL:
     raise ValueError(f"temporal={temporal!r}; expected one of {TEMPORAL}.")
-  if frames != t_in and temporal == "repeat":
-    # Temporal SR input: frame i of the output is frame i // (T / T') of the input.
-    video = jnp.repeat(video, frames // t_in, axis=1)
-  elif frames != t_in:
-    r = frames // t_in
+  r = frames // t_in
+  if r > 1 and temporal == "repeat":
+    # Temporal SR input: frame i of the output is frame i // r of the input.
+    video = jnp.repeat(video, r, axis=1)
+  elif r > 1:
     pos = jnp.arange(frames) / r  # Output frame i sits at input time i / r.
     lo = jnp.floor(pos).astype(jnp.int32)
     hi = jnp.minimum(lo + 1, t_in - 1)

@@ -175,9 +175,7 @@ def make_stage_fn(
     cond = aug = None
     if is_sr:
       aug = jnp.full((1,), settings.aug_logsnr, jnp.float32)
-      up = conditioning.upsample(
-        prev[None], frames, height, width, d.get("temporal_upsample", "repeat")
-      )
+      up = conditioning.upsample(prev[None], frames, height, width, d.temporal_upsample)
       cond, _ = conditioning.noise_augment(up, aug_key, aug)  # Sec. 2.5.
     model_fn = _model_fn(
       model,

@@ -122,13 +122,13 @@ def check_conditioning(name: str, config: ml_collections.ConfigDict) -> None:
   'v'; `diffusion.temporal_upsample` must be a method `conditioning.upsample`
   knows.
   """
-  how = config.diffusion.get("temporal_upsample", "repeat")
+  how = config.diffusion.temporal_upsample
   if how not in conditioning.TEMPORAL:
     raise ValueError(
       f"Stage {name!r}: diffusion.temporal_upsample={how!r}; expected one of "
       f"{conditioning.TEMPORAL}."
     )
-  if not config.model.get("cond_skip"):
+  if not config.model.cond_skip:
     return
   if input_shape(config) is None:
     raise ValueError(
