@@ -139,6 +139,10 @@ def stage_config(
   # (h, w) random crop of output and conditioning (tsr1, ssr1 demos; ssr3); a typed
   # placeholder so that `--config.stage.crop='(8, 8)'` can set it.
   c.stage.crop = ml_collections.config_dict.placeholder(tuple)
+  # Train on random runs of this many consecutive frames (and the conditioning's
+  # matching frames; a multiple of the frame ratio). The SR U-Nets mix frames by
+  # convolution only, so they sample the full clip; None trains on whole clips.
+  c.stage.crop_frames = ml_collections.config_dict.placeholder(int)
   c.model = model
   if input_stage is not None:
     c.model.cond_channels = 3

@@ -189,6 +189,7 @@ class StageTransform:
   cond: Shape | None
   crop: tuple[int, int] | None
   source: Shape
+  crop_frames: int | None = None
 
   def __post_init__(self):
     s, src = self.stage, self.source
@@ -213,6 +214,14 @@ class StageTransform:
           f"Stage needs {s.frames} frames at {s.fps} fps = "
           f"{(s.frames - 1) * step + 1} source frames at {src.fps} fps; the "
           f"source has {src.frames}."
+        )
+    if self.crop_frames is not None:
+      r = s.frames // self.cond.frames if self.cond is not None else 1
+      if not 0 < self.crop_frames <= s.frames or self.crop_frames % r:
+        raise ValueError(
+          f"stage.crop_frames={self.crop_frames} must lie in [1, {s.frames}] and be "
+          f"a multiple of the stage's frame ratio {r} (stage.frames / "
+          "stage.input.frames)."
         )
     if self.crop is not None:
       ch, cw = self.crop
@@ -242,9 +251,10 @@ class StageTransform:
   def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> dict:
     """uint8 [T,h,w,3] at the stage's frame rate -> the stage's uint8 example.
 
-    Returns {'video': [T,H,W,3]} (H, W = crop when cropping) plus, for SR
-    stages, {'cond_video': [T',H',W',3]}: frames [::T/T'] at the input's
-    resolution, cropped to the same region. An image [1,h,w,3] has no frame
+    Returns {'video': [T,H,W,3]} (H, W = crop when cropping; T = crop_frames
+    when cropping in time) plus, for SR stages, {'cond_video': [T',H',W',3]}:
+    frames [::T/T'] at the input's resolution, cropped to the same region and
+    frames. An image [1,h,w,3] has no frame
     rate: it gives [1,H,W,3] and [1,H',W',3].
     """
     s, c = self.stage, self.cond
@@ -261,6 +271,14 @@ class StageTransform:
       video = video[:, y : y + ch, x : x + cw]
       if c is not None:
         cond = cond[:, y // sy : (y + ch) // sy, x // sx : (x + cw) // sx]
+    if self.crop_frames is not None and len(video) > 1:  # Not for images.
+      cf, r = self.crop_frames, (s.frames // c.frames if c else 1)
+      # A run of consecutive frames starting on an input frame, so that the
+      # conditioning's frames [f / r, (f + cf) / r) line up with it.
+      f = r * rng.integers(0, (s.frames - cf) // r + 1)
+      video = video[f : f + cf]
+      if c is not None:
+        cond = cond[f // r : (f + cf) // r]
     return {"video": video} if c is None else {"video": video, "cond_video": cond}
 
 
@@ -354,6 +372,7 @@ def _local_parts(
   stage = _stage_shape(config.stage)
   cond = _stage_shape(config.stage.input) if config.stage.input else None
   crop = tuple(config.stage.crop) if config.stage.get("crop") else None
+  crop_frames = config.stage.get("crop_frames")
   precomputed = bool(config.text.get("precomputed", False))
   seeds = np.random.SeedSequence([seed, process_index]).generate_state(
     2 * len(data.mixture)
@@ -377,10 +396,10 @@ def _local_parts(
         f"config.text.precomputed is set but {name!r} has no 'text_emb' feature "
         f"(features: {source.features})."
       )
-    transform = StageTransform(stage, cond, crop, source.shape)
+    transform = StageTransform(stage, cond, crop, source.shape, crop_frames)
     batch_size = config.batch_size // process_count
     if source.kind == _IMAGE:  # T times as many images: as many pixels.
-      batch_size *= stage.frames
+      batch_size *= crop_frames or stage.frames
     ds = grain.MapDataset.source(source.data)[process_index::process_count]
     if data.shuffle:
       ds = ds.shuffle(seed=int(seeds[2 * i]))
@@ -473,7 +492,8 @@ def create_iterator(
   """Iterator of global batches sharded on `mesh`'s 'data' axis (batch dim).
 
   Keys (B = config.batch_size; T, H, W = config.stage frames/height/width, or
-  the crop's H, W; T', H', W' = config.stage.input's, scaled by the crop; a
+  the crop's T (stage.crop_frames), H, W; T', H', W' = config.stage.input's,
+  scaled by the crop; a
   batch of images has B * T examples of its own captions, with T = T' = 1):
     'video'      f32 [B,T,H,W,3] in [-1, 1]
     'cond_video' f32 [B,T',H',W',3] in [-1, 1] (SR stages only)

@@ -223,6 +223,11 @@ def stage_hw(stage: ml_collections.ConfigDict) -> tuple[int, int]:
   return tuple(stage.crop) if stage.get("crop") else (stage.height, stage.width)
 
 
+def stage_frames(stage: ml_collections.ConfigDict) -> int:
+  """Training frames: stage.crop_frames when the stage trains on runs of frames."""
+  return int(stage.get("crop_frames") or stage.frames)
+
+
 def make_init_fn(
   config: ml_collections.ConfigDict,
   model: video_unet.VideoUNet,
@@ -231,7 +236,7 @@ def make_init_fn(
   """rng -> initial train state {step, params, opt_state, ema_params} (boxed)."""
   stage, length = config.stage, config.text.max_length
   is_sr = stage.input is not None
-  x_shape = (1, stage.frames, *stage_hw(stage), config.model.out_channels)
+  x_shape = (1, stage_frames(stage), *stage_hw(stage), config.model.out_channels)
 
   def init_fn(rng: jax.Array) -> dict[str, Any]:
     variables = model.init(
@@ -382,14 +387,15 @@ def synthetic_batch(
   stage, length = config.stage, config.text.max_length
   h, w = stage_hw(stage)
   batch = {
-    "video": rng.uniform(-1, 1, (batch_size, stage.frames, h, w, 3)),
+    "video": rng.uniform(-1, 1, (batch_size, stage_frames(stage), h, w, 3)),
     "is_image": np.arange(batch_size) % 4 == 0,
     "text_mask": np.arange(length)[None, :].repeat(batch_size, 0) < length // 2,
   }
   if stage.input is not None:
     s_in = stage.input
     scale_h, scale_w = h / stage.height, w / stage.width  # Crops scale the input.
-    shape = (s_in.frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
+    frames = stage_frames(stage) * s_in.frames // stage.frames
+    shape = (frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
     batch["cond_video"] = rng.uniform(-1, 1, (batch_size, *shape))
   if config.text.precomputed:
     batch["text_emb"] = rng.normal(size=(batch_size, length, text_dim(config)))

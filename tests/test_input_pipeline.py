@@ -43,7 +43,7 @@ def make_config(spec, data_dir, **data):
   config = config_utils.load_config(os.path.join(ROOT, spec))
   config.data.data_dir = data_dir
   if spec.endswith(("tsr1.py:demo", "ssr1.py:demo")):  # Crop-trained; test full frames.
-    config.stage.crop = None
+    config.stage.crop = config.stage.crop_frames = None
   config.batch_size = 8
   config.data.prefetch = 0
   # The tests below rely on this mixture's batch pattern, not on a demo's tuning.
@@ -162,6 +162,45 @@ def test_crop_is_shared_by_frames_and_conditioning():
     full = ip.resize(clip, 16, 16)[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 6]
     np.testing.assert_array_equal(cond, full)
   assert len(offsets) > 1
+
+
+def test_crop_frames_take_a_run_and_its_conditioning_frames():
+  transform = ip.StageTransform(
+    stage=ip.Shape(8, 32, 32, 4.0),
+    cond=ip.Shape(4, 16, 16, 2.0),
+    crop=None,
+    source=ip.Shape(16, 64, 64, 8.0),
+    crop_frames=4,
+  )
+  starts = set()
+  for seed in range(30):
+    rng = np.random.default_rng(seed)
+    idx = transform.frame_indices(rng)
+    out = transform(_numbered_clip()[idx], rng)
+    assert out["video"].shape == (4, 32, 32, 3)
+    assert out["cond_video"].shape == (2, 16, 16, 3)
+    f = int(np.flatnonzero(10 * idx == out["video"][0, 0, 0, 0])[0])
+    starts.add(f)
+    np.testing.assert_array_equal(out["video"][:, 0, 0, 0], 10 * idx[f : f + 4])
+    # The conditioning holds the run's input frames: stage frames f and f + 2.
+    np.testing.assert_array_equal(
+      out["cond_video"][:, 0, 0, 0], 10 * idx[f : f + 4 : 2]
+    )
+  assert starts == {0, 2, 4}  # Runs start on an input frame.
+  image = transform(_numbered_clip(frames=1), np.random.default_rng(0))
+  assert image["video"].shape == (1, 32, 32, 3)  # An image is not cut.
+
+
+@pytest.mark.parametrize("crop_frames", [3, 10, 0])
+def test_crop_frames_must_fit_the_frame_ratio(crop_frames):
+  with pytest.raises(ValueError, match=f"stage.crop_frames={crop_frames}"):
+    ip.StageTransform(
+      stage=ip.Shape(8, 32, 32, 4.0),
+      cond=ip.Shape(4, 16, 16, 2.0),
+      crop=None,
+      source=ip.Shape(16, 64, 64, 8.0),
+      crop_frames=crop_frames,
+    )
 
 
 @pytest.mark.parametrize(
