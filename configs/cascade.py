@@ -50,7 +50,6 @@ def stage(
   sampler: str = "ancestral",
   thresholding: str = "dynamic",
   aug_logsnr: float = AUG_LOGSNR,
-  start_t: float = 1.0,
 ) -> ml_collections.ConfigDict:
   """One stage's checkpoint and sampler settings."""
   s = ml_collections.ConfigDict()
@@ -64,9 +63,6 @@ def stage(
   s.percentile = 99.5  # Dynamic thresholding percentile p in (0, 100] (Saharia et al.).
   # Fixed logSNR lambda' of the conditioning augmentation (SR stages only).
   s.aug_logsnr = None if name == "base" else aug_logsnr
-  # First time of the sampling grid: 1 starts from pure noise (the paper); an SR
-  # stage below 1 starts from its upsampled input diffused to start_t (SDEdit).
-  s.start_t = start_t
   return s
 
 

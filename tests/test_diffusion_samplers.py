@@ -186,59 +186,6 @@ def test_denoise_fn_sees_the_grid_and_step_index():
   assert [c[1] for c in calls] == [0, 1, 2, 3]
 
 
-def mixture_draw(rng: np.random.Generator, n: int) -> np.ndarray:
-  """n samples of the mixture, drawn with numpy: [n, 2]."""
-  k = rng.choice(len(WEIGHTS), size=n, p=WEIGHTS)
-  return MEANS[k] + np.sqrt(VARS[k])[:, None] * rng.standard_normal((n, 2))
-
-
-def test_start_t_refines_data_into_data():
-  # Started at t = 0.5 from q(z_t | x) with x from the mixture, z_t follows the
-  # marginal q(z_t) exactly, so the exact denoiser must still give the mixture.
-  x_init = jnp.asarray(mixture_draw(np.random.default_rng(0), NUM_SAMPLES), jnp.float32)
-
-  def denoise_fn(z, logsnr, step):
-    del step
-    return as_output(exact_x(z, logsnr), z, logsnr, "v")
-
-  x = jax.jit(
-    functools.partial(
-      samplers.sample,
-      denoise_fn,
-      shape=(NUM_SAMPLES, 2),
-      sampler="ancestral",
-      steps=128,
-      logsnr_fn=LOGSNR_FN,
-      start_t=0.5,
-    )
-  )(jax.random.key(3), x_init=x_init)
-  assert np.max(np.abs(mixture_zscores(x))) < 4.5
-  # It refines rather than redraws: most points stay in their component.
-  same = np.linalg.norm(np.asarray(x) - np.asarray(x_init), axis=-1) < 1.0
-  assert same.mean() > 0.6, same.mean()
-
-
-def test_start_t_diffuses_x_init_by_eq_1():
-  # An x-model returning z itself makes the single step's output z_{start_t}.
-  n, start_t = 40_000, 0.3
-  x = samplers.sample(
-    lambda z, logsnr, step: z,
-    jax.random.key(4),
-    (n, 1),
-    sampler="ddim",
-    steps=1,
-    logsnr_fn=LOGSNR_FN,
-    parameterization="x",
-    start_t=start_t,
-    x_init=jnp.full((n, 1), 0.8),
-  )
-  lam = float(LOGSNR_FN(start_t))
-  alpha, sigma = np.sqrt(1 / (1 + np.exp(-lam))), np.sqrt(1 / (1 + np.exp(lam)))
-  x = np.asarray(x)
-  assert abs(x.mean() - 0.8 * alpha) < 5 * sigma / np.sqrt(n)
-  assert abs(x.std() / sigma - 1) < 5 * np.sqrt(0.5 / n)
-
-
 @pytest.mark.parametrize(
   "kwargs, culprit",
   [
@@ -247,9 +194,6 @@ def test_start_t_diffuses_x_init_by_eq_1():
     (dict(steps=0), "steps=0"),
     (dict(sampler="euler"), "'euler'"),
     (dict(parameterization="score"), "'score'"),
-    (dict(start_t=0.0), "start_t=0.0"),
-    (dict(start_t=1.5), "start_t=1.5"),
-    (dict(start_t=0.5), "needs x_init"),
   ],
 )
 def test_bad_input_raises(kwargs, culprit):

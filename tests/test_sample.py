@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs import common
 from imagen_video_jax import checkpointing, config_utils, sample, video_io
-from imagen_video_jax.cascade import conditioning, pipeline, stages
+from imagen_video_jax.cascade import pipeline, stages
 from imagen_video_jax.models import t5, tokenizers, video_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,37 +275,6 @@ def test_sample_is_independent_of_its_batch(runlocal_root):
   swapped = fn(variables, keys[::-1], emb[::-1], mask, None)
   np.testing.assert_allclose(swapped[::-1], out, atol=1e-5)
   assert not np.allclose(out[0], out[1])
-
-
-def test_start_t_refines_the_upsampled_input(runlocal_root):
-  """An SR stage started near t = 0 returns its upsampled input (SDEdit at the
-  smallest noise); from t = 1 the random network's output is unrelated to it."""
-  config = config_utils.load_config("configs/tsr1.py:runlocal")
-  variables = pipeline.as_variables(
-    checkpointing.restore_ema_params(str(runlocal_root / "tsr1"))
-  )
-  s = config.stage
-  prev = jax.random.uniform(jax.random.PRNGKey(2), (2, *stages.input_shape(config), 3))
-  prev = 2 * prev - 1
-  up = conditioning.upsample(
-    prev, s.frames, s.height, s.width, config.diffusion.temporal_upsample
-  )
-  keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  emb, mask = jnp.zeros((2, 5, 64)), jnp.ones((2, 5), bool)
-  settings = config_utils.load_config("configs/cascade.py:runlocal").stages.tsr1
-  outs = {}
-  for start_t in (1e-3, 1.0):
-    settings.start_t = start_t
-    outs[start_t] = pipeline.make_stage_fn(config, settings)(
-      variables, keys, emb, mask, prev
-    )
-  np.testing.assert_allclose(outs[1e-3], up, atol=0.02)
-  assert np.abs(outs[1.0] - up).mean() > 0.2
-  base = config_utils.load_config("configs/base.py:runlocal")
-  base_settings = config_utils.load_config("configs/cascade.py:runlocal").stages.base
-  base_settings.start_t = 0.5
-  with pytest.raises(ValueError, match="'base': start_t=0.5 < 1"):
-    pipeline.make_stage_fn(base, base_settings)
 
 
 def test_missing_checkpoint_names_stage_and_path(tmp_path, prompt_file):

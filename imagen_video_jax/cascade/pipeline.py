@@ -166,19 +166,13 @@ def make_stage_fn(
   d = config.diffusion
   logsnr_fn = schedules.get_logsnr_fn(d.schedule, d.logsnr_min, d.logsnr_max)
   is_sr = config.stage.input is not None
-  start_t = float(settings.start_t)
-  if start_t < 1.0 and not is_sr:
-    raise ValueError(
-      f"Stage {config.stage.name!r}: start_t={start_t} < 1 refines the upsampled "
-      "conditioning, and a base stage has none."
-    )
   stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
   stages.check_conditioning(config.stage.name, config)
 
   def one(variables, key, emb, mask, prev):
     """One sample: key [2], emb [L, D], mask [L], prev [T', H', W', 3] or None."""
     aug_key, sample_key = jax.random.split(key)
-    cond = aug = up = None
+    cond = aug = None
     if is_sr:
       aug = jnp.full((1,), settings.aug_logsnr, jnp.float32)
       up = conditioning.upsample(prev[None], frames, height, width, d.temporal_upsample)
@@ -219,8 +213,6 @@ def make_stage_fn(
       gamma=settings.gamma,
       logsnr_fn=logsnr_fn,
       parameterization=d.parameterization,
-      start_t=start_t,
-      x_init=up,
     )
     return jnp.clip(x[0], -1.0, 1.0)
 

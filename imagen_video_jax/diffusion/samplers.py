@@ -12,10 +12,6 @@ from t_i to t_{i+1} with one call denoise_fn(z, lambda_i [B], i). Samplers:
                t_{i+1} along the forward process q(z_{t_{i+1}} | z_{t_{i+2}}).
 Every sampler returns the last step's prediction x_hat (at t_{N-1}), which is the
 deterministic final step (a DDIM step to lambda = infinity).
-
-With `start_t` < 1 the grid is t_i = start_t (1 - i / N) and z_{start_t} is drawn
-from q(z_t | x_init) (eq. 1) instead of N(0, I): the sampler refines a guess
-(SDEdit, Meng et al., 2021), e.g. an SR stage's upsampled conditioning.
 """
 
 from collections.abc import Callable
@@ -67,8 +63,6 @@ def sample(
   gamma: float = 0.3,
   logsnr_fn: Callable[[Array], Array],
   parameterization: str = "v",
-  start_t: float = 1.0,
-  x_init: Array | None = None,
 ) -> Array:
   """Draws samples by iterating the chosen sampler from pure noise.
 
@@ -85,8 +79,6 @@ def sample(
     gamma: ancestral variance interpolation in [0, 1].
     logsnr_fn: schedule t -> lambda(t), decreasing, e.g. schedules.get_logsnr_fn.
     parameterization: 'v' | 'eps' | 'x'.
-    start_t: the grid's first time in (0, 1]; below 1 it needs `x_init`.
-    x_init: [shape] the clean guess z_{start_t} is diffused from (eq. 1).
 
   Returns:
     x [shape], float32.
@@ -97,13 +89,9 @@ def sample(
     raise ValueError(f"steps={steps!r} must be an integer >= 1.")
   if not 0.0 <= gamma <= 1.0:
     raise ValueError(f"gamma={gamma} must lie in [0, 1].")
-  if not 0.0 < start_t <= 1.0:
-    raise ValueError(f"start_t={start_t} must lie in (0, 1].")
-  if start_t < 1.0 and x_init is None:
-    raise ValueError(f"start_t={start_t} < 1 needs x_init, the guess to refine.")
   param_lib.check_parameterization(parameterization)
   update = _UPDATES[sampler]
-  logsnrs = logsnr_fn(jnp.linspace(start_t, 0.0, steps + 1))  # lambda_i at t_i.
+  logsnrs = logsnr_fn(jnp.linspace(1.0, 0.0, steps + 1))  # lambda_i at t_i.
   batch = shape[0]
   init_rng, loop_rng = jax.random.split(rng)
 
@@ -118,7 +106,5 @@ def sample(
     return z_s, x_hat
 
   z = jax.random.normal(init_rng, shape)  # z_1 ~ N(0, I) approximates q(z_1).
-  if start_t < 1.0:
-    z = schedules.diffuse(x_init, logsnrs[0], z)  # z_t ~ q(z_t | x_init), eq. 1.
   _, x = jax.lax.fori_loop(0, steps, body, (z, jnp.zeros(shape)))
   return x
