@@ -33,9 +33,16 @@ def test_missing_config_file_is_named():
 
 def test_crop_can_be_set_from_the_command_line():
   """A stage without a crop takes one from a flag, as the SR demos set one."""
-  argv = ["prog", "--config=configs/base.py:demo", "--config.stage.crop=(8, 8)"]
+  argv = [
+    "prog",
+    "--config=configs/base.py:demo",
+    "--config.stage.crop=(8, 8)",
+    "--config.stage.crop_frames=4",
+  ]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
   fv(argv)
   assert tuple(fv.config.stage.crop) == (8, 8)
-  assert config_utils.load_config("configs/base.py:demo").stage.crop is None
+  assert fv.config.stage.crop_frames == 4
+  base = config_utils.load_config("configs/base.py:demo")
+  assert base.stage.crop is None and base.stage.crop_frames is None
