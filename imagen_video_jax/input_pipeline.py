@@ -254,8 +254,8 @@ class StageTransform:
     Returns {'video': [T,H,W,3]} (H, W = crop when cropping; T = crop_frames
     when cropping in time) plus, for SR stages, {'cond_video': [T',H',W',3]}:
     frames [::T/T'] at the input's resolution, cropped to the same region and
-    frames. An image [1,h,w,3] has no frame
-    rate: it gives [1,H,W,3] and [1,H',W',3].
+    frames. An image [1,h,w,3] has no frame rate: it gives [1,H,W,3] and
+    [1,H',W',3].
     """
     s, c = self.stage, self.cond
     video = resize(frames, s.height, s.width)
@@ -493,8 +493,8 @@ def create_iterator(
 
   Keys (B = config.batch_size; T, H, W = config.stage frames/height/width, or
   the crop's T (stage.crop_frames), H, W; T', H', W' = config.stage.input's,
-  scaled by the crop; a
-  batch of images has B * T examples of its own captions, with T = T' = 1):
+  scaled by the crop; a batch of images has B * T examples of its own
+  captions, with T = T' = 1):
     'video'      f32 [B,T,H,W,3] in [-1, 1]
     'cond_video' f32 [B,T',H',W',3] in [-1, 1] (SR stages only)
     'is_image'   bool [B]
