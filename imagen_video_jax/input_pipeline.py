@@ -216,7 +216,7 @@ class StageTransform:
           f"source has {src.frames}."
         )
     if self.crop_frames is not None:
-      r = s.frames // self.cond.frames if self.cond is not None else 1
+      r = self.frame_ratio
       if not 0 < self.crop_frames <= s.frames or self.crop_frames % r:
         raise ValueError(
           f"stage.crop_frames={self.crop_frames} must lie in [1, {s.frames}] and be "
@@ -241,6 +241,11 @@ class StageTransform:
             "dividing the crop."
           )
 
+  @property
+  def frame_ratio(self) -> int:
+    """r = T / T': stage frames per conditioning frame (1 without conditioning)."""
+    return self.stage.frames // self.cond.frames if self.cond is not None else 1
+
   def frame_indices(self, rng: np.random.Generator) -> np.ndarray:
     """Source frames of a clip at the stage's fps, from a random start: [T]."""
     step = frame_step(self.source.fps, self.stage.fps, "stage.fps")
@@ -257,28 +262,25 @@ class StageTransform:
     frames. An image [1,h,w,3] has no frame rate: it gives [1,H,W,3] and
     [1,H',W',3].
     """
-    s, c = self.stage, self.cond
-    video = resize(frames, s.height, s.width)
-    if c is not None:
-      cond_frames = frames[:: s.frames // c.frames]  # Frame skipping to c.fps.
-      cond = resize(cond_frames, c.height, c.width)
+    s, c, r = self.stage, self.cond, self.frame_ratio
     if self.crop is not None:
       ch, cw = self.crop
       sy, sx = (s.height // c.height, s.width // c.width) if c else (1, 1)
       # Offsets on the input's grid so that both crops cover the same region.
       y = sy * rng.integers(0, (s.height - ch) // sy + 1)
       x = sx * rng.integers(0, (s.width - cw) // sx + 1)
+    if self.crop_frames is not None and len(frames) > 1:  # Not for images.
+      # A run of consecutive frames starting on an input frame, so that its
+      # frames [::r] are the conditioning's; cut before resizing the rest.
+      f = r * rng.integers(0, (s.frames - self.crop_frames) // r + 1)
+      frames = frames[f : f + self.crop_frames]
+    video = resize(frames, s.height, s.width)
+    if c is not None:
+      cond = resize(frames[::r], c.height, c.width)  # Frame skipping to c.fps.
+    if self.crop is not None:
       video = video[:, y : y + ch, x : x + cw]
       if c is not None:
         cond = cond[:, y // sy : (y + ch) // sy, x // sx : (x + cw) // sx]
-    if self.crop_frames is not None and len(video) > 1:  # Not for images.
-      cf, r = self.crop_frames, (s.frames // c.frames if c else 1)
-      # A run of consecutive frames starting on an input frame, so that the
-      # conditioning's frames [f / r, (f + cf) / r) line up with it.
-      f = r * rng.integers(0, (s.frames - cf) // r + 1)
-      video = video[f : f + cf]
-      if c is not None:
-        cond = cond[f // r : (f + cf) // r]
     return {"video": video} if c is None else {"video": video, "cond_video": cond}
 
 

@@ -164,14 +164,19 @@ def test_crop_is_shared_by_frames_and_conditioning():
   assert len(offsets) > 1
 
 
-def test_crop_frames_take_a_run_and_its_conditioning_frames():
-  transform = ip.StageTransform(
+def _run_transform(crop_frames):
+  """8 frames at 4 fps conditioned on 4 at 2 fps, trained on runs of crop_frames."""
+  return ip.StageTransform(
     stage=ip.Shape(8, 32, 32, 4.0),
     cond=ip.Shape(4, 16, 16, 2.0),
     crop=None,
     source=ip.Shape(16, 64, 64, 8.0),
-    crop_frames=4,
+    crop_frames=crop_frames,
   )
+
+
+def test_crop_frames_take_a_run_and_its_conditioning_frames():
+  transform = _run_transform(4)
   starts = set()
   for seed in range(30):
     rng = np.random.default_rng(seed)
@@ -194,13 +199,7 @@ def test_crop_frames_take_a_run_and_its_conditioning_frames():
 @pytest.mark.parametrize("crop_frames", [3, 10, 0])
 def test_crop_frames_must_fit_the_frame_ratio(crop_frames):
   with pytest.raises(ValueError, match=f"stage.crop_frames={crop_frames}"):
-    ip.StageTransform(
-      stage=ip.Shape(8, 32, 32, 4.0),
-      cond=ip.Shape(4, 16, 16, 2.0),
-      crop=None,
-      source=ip.Shape(16, 64, 64, 8.0),
-      crop_frames=crop_frames,
-    )
+    _run_transform(crop_frames)
 
 
 @pytest.mark.parametrize(
