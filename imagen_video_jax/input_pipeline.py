@@ -182,6 +182,15 @@ def _to_unit(frames: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cut:
+  """Where an example's clip lies in its source (see `StageTransform.cut`)."""
+
+  frames: np.ndarray | None  # Source frame indices [T], None for an image.
+  y: int = 0  # Crop offset at the stage's resolution.
+  x: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class StageTransform:
   """Turns a source clip into the stage's `video` (+ `cond_video`) example."""
 
@@ -253,31 +262,44 @@ class StageTransform:
     start = rng.integers(0, self.source.frames - span + 1)
     return start + step * np.arange(self.stage.frames)
 
-  def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> dict:
-    """uint8 [T,h,w,3] at the stage's frame rate -> the stage's uint8 example.
+  def cut(self, rng: np.random.Generator, video: bool = True) -> Cut:
+    """Draws where an example's clip lies: its frames, then the crop, then the run.
 
-    Returns {'video': [T,H,W,3]} (H, W = crop when cropping; T = crop_frames
-    when cropping in time) plus, for SR stages, {'cond_video': [T',H',W',3]}:
-    frames [::T/T'] at the input's resolution, cropped to the same region and
-    frames. An image [1,h,w,3] has no frame rate: it gives [1,H,W,3] and
-    [1,H',W',3].
+    Drawn before decoding, so that only the frames the example uses are decoded
+    (a 4-frame run of a 16-frame clip decodes 4). An image is not cut in time.
     """
     s, c, r = self.stage, self.cond, self.frame_ratio
+    indices = self.frame_indices(rng) if video else None
+    y = x = 0
     if self.crop is not None:
       ch, cw = self.crop
       sy, sx = (s.height // c.height, s.width // c.width) if c else (1, 1)
       # Offsets on the input's grid so that both crops cover the same region.
-      y = sy * rng.integers(0, (s.height - ch) // sy + 1)
-      x = sx * rng.integers(0, (s.width - cw) // sx + 1)
-    if self.crop_frames is not None and len(frames) > 1:  # Not for images.
+      y = int(sy * rng.integers(0, (s.height - ch) // sy + 1))
+      x = int(sx * rng.integers(0, (s.width - cw) // sx + 1))
+    if self.crop_frames is not None and video:
       # A run of consecutive frames starting on an input frame, so that its
-      # frames [::r] are the conditioning's; cut before resizing the rest.
+      # frames [::r] are the conditioning's.
       f = r * rng.integers(0, (s.frames - self.crop_frames) // r + 1)
-      frames = frames[f : f + self.crop_frames]
+      indices = indices[f : f + self.crop_frames]
+    return Cut(indices, y, x)
+
+  def __call__(self, frames: np.ndarray, cut: Cut) -> dict:
+    """The source frames `cut.frames`, uint8 [T,h,w,3] -> the stage's uint8 example.
+
+    Returns {'video': [T,H,W,3]} (H, W = crop when cropping; T = crop_frames
+    when cutting in time) plus, for SR stages, {'cond_video': [T',H',W',3]}:
+    frames [::T/T'] at the input's resolution, cropped to the same region. An
+    image [1,h,w,3] has no frame rate: it gives [1,H,W,3] and [1,H',W',3].
+    """
+    s, c, r = self.stage, self.cond, self.frame_ratio
     video = resize(frames, s.height, s.width)
     if c is not None:
       cond = resize(frames[::r], c.height, c.width)  # Frame skipping to c.fps.
     if self.crop is not None:
+      ch, cw = self.crop
+      sy, sx = (s.height // c.height, s.width // c.width) if c else (1, 1)
+      y, x = cut.y, cut.x
       video = video[:, y : y + ch, x : x + cw]
       if c is not None:
         cond = cond[:, y // sy : (y + ch) // sy, x // sx : (x + cw) // sx]
@@ -297,11 +319,13 @@ def _text_fields(example: dict, precomputed: bool) -> dict:
 
 def _example(example, rng, *, source, transform, precomputed) -> dict:
   """A source example -> stage example (an image is a one-frame video)."""
-  if source.kind == _VIDEO:
-    frames = source.frames(example, transform.frame_indices(rng))
+  video = source.kind == _VIDEO
+  cut = transform.cut(rng, video)
+  if video:
+    frames = source.frames(example, cut.frames)
   else:
     frames = np.asarray(example["image"])[None]
-  out = transform(frames, rng) | _text_fields(example, precomputed)
+  out = transform(frames, cut) | _text_fields(example, precomputed)
   return out | {"is_image": np.bool_(source.kind == _IMAGE)}
 
 

@@ -124,12 +124,12 @@ def test_frame_skipping_and_conditioning_frames():
   )
   seen = set()
   for seed in range(20):
-    rng = np.random.default_rng(seed)
-    idx = transform.frame_indices(rng)
+    cut = transform.cut(np.random.default_rng(seed))
+    idx = cut.frames
     assert idx[0] in (0, 1)  # 8 frames every 2nd span 15 of 16 source frames.
     np.testing.assert_array_equal(np.diff(idx), 2)
     seen.add(int(idx[0]))
-    out = transform(_numbered_clip()[idx], rng)
+    out = transform(_numbered_clip()[idx], cut)
     assert out["video"].shape == (8, 32, 32, 3)
     assert out["cond_video"].shape == (4, 16, 16, 3)
     # Stage frame k is source frame idx[k]; cond frame k is source idx[2k].
@@ -152,7 +152,9 @@ def test_crop_is_shared_by_frames_and_conditioning():
   )
   offsets = set()
   for _ in range(10):
-    out = transform(clip, rng)
+    cut = transform.cut(rng)
+    np.testing.assert_array_equal(cut.frames, np.arange(4))
+    out = transform(clip, cut)
     video, cond = out["video"], out["cond_video"]
     assert video.shape == (4, 32, 24, 3) and cond.shape == (4, 8, 6, 3)
     np.testing.assert_array_equal(video, video[:1].repeat(4, 0))  # Same crop.
@@ -180,19 +182,23 @@ def test_crop_frames_take_a_run_and_its_conditioning_frames():
   starts = set()
   for seed in range(30):
     rng = np.random.default_rng(seed)
-    idx = transform.frame_indices(rng)
-    out = transform(_numbered_clip()[idx], rng)
+    whole = transform.frame_indices(np.random.default_rng(seed))  # Same start.
+    cut = transform.cut(rng)
+    idx = cut.frames  # Only these source frames are decoded.
+    assert len(idx) == 4
+    f = int(np.flatnonzero(whole == idx[0])[0])  # The run's first stage frame.
+    starts.add(f)
+    np.testing.assert_array_equal(idx, whole[f : f + 4])
+    out = transform(_numbered_clip()[idx], cut)
     assert out["video"].shape == (4, 32, 32, 3)
     assert out["cond_video"].shape == (2, 16, 16, 3)
-    f = int(np.flatnonzero(10 * idx == out["video"][0, 0, 0, 0])[0])
-    starts.add(f)
-    np.testing.assert_array_equal(out["video"][:, 0, 0, 0], 10 * idx[f : f + 4])
+    np.testing.assert_array_equal(out["video"][:, 0, 0, 0], 10 * idx)
     # The conditioning holds the run's input frames: stage frames f and f + 2.
-    np.testing.assert_array_equal(
-      out["cond_video"][:, 0, 0, 0], 10 * idx[f : f + 4 : 2]
-    )
+    np.testing.assert_array_equal(out["cond_video"][:, 0, 0, 0], 10 * idx[::2])
   assert starts == {0, 2, 4}  # Runs start on an input frame.
-  image = transform(_numbered_clip(frames=1), np.random.default_rng(0))
+  cut = transform.cut(np.random.default_rng(0), video=False)
+  assert cut.frames is None
+  image = transform(_numbered_clip(frames=1), cut)
   assert image["video"].shape == (1, 32, 32, 3)  # An image is not cut.
 
 
