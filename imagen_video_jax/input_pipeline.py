@@ -255,6 +255,12 @@ class StageTransform:
     """r = T / T': stage frames per conditioning frame (1 without conditioning)."""
     return self.stage.frames // self.cond.frames if self.cond is not None else 1
 
+  @property
+  def crop_scale(self) -> tuple[int, int]:
+    """(H / H', W / W'): stage pixels per conditioning pixel ((1, 1) without one)."""
+    s, c = self.stage, self.cond
+    return (s.height // c.height, s.width // c.width) if c is not None else (1, 1)
+
   def frame_indices(self, rng: np.random.Generator) -> np.ndarray:
     """Source frames of a clip at the stage's fps, from a random start: [T]."""
     step = frame_step(self.source.fps, self.stage.fps, "stage.fps")
@@ -268,12 +274,11 @@ class StageTransform:
     Drawn before decoding, so that only the frames the example uses are decoded
     (a 4-frame run of a 16-frame clip decodes 4). An image is not cut in time.
     """
-    s, c, r = self.stage, self.cond, self.frame_ratio
+    s, r = self.stage, self.frame_ratio
     indices = self.frame_indices(rng) if video else None
     y = x = 0
     if self.crop is not None:
-      ch, cw = self.crop
-      sy, sx = (s.height // c.height, s.width // c.width) if c else (1, 1)
+      (ch, cw), (sy, sx) = self.crop, self.crop_scale
       # Offsets on the input's grid so that both crops cover the same region.
       y = int(sy * rng.integers(0, (s.height - ch) // sy + 1))
       x = int(sx * rng.integers(0, (s.width - cw) // sx + 1))
@@ -297,9 +302,7 @@ class StageTransform:
     if c is not None:
       cond = resize(frames[::r], c.height, c.width)  # Frame skipping to c.fps.
     if self.crop is not None:
-      ch, cw = self.crop
-      sy, sx = (s.height // c.height, s.width // c.width) if c else (1, 1)
-      y, x = cut.y, cut.x
+      (ch, cw), (sy, sx), y, x = self.crop, self.crop_scale, cut.y, cut.x
       video = video[:, y : y + ch, x : x + cw]
       if c is not None:
         cond = cond[:, y // sy : (y + ch) // sy, x // sx : (x + cw) // sx]
