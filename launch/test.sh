@@ -8,6 +8,6 @@ source launch/venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
-# Huge pages for XLA:CPU's per-call temporaries (see launch/demo.sh).
-export GLIBC_TUNABLES="glibc.malloc.hugetlb=1${GLIBC_TUNABLES:+:$GLIBC_TUNABLES}"
+# No huge pages here (launch/demo.sh sets them for training): the tests' many
+# small compiles ran ~6% slower with them (README, "Demo results").
 exec .venv/bin/python -m pytest -q "$@"
