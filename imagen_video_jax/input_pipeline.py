@@ -237,7 +237,7 @@ class StageTransform:
       if not (0 < ch <= s.height and 0 < cw <= s.width):
         raise ValueError(f"Crop {self.crop} does not fit in {s.height}x{s.width}.")
       if self.cond is not None:
-        sy, sx = s.height // self.cond.height, s.width // self.cond.width
+        sy, sx = self.crop_scale
         if (
           sy * self.cond.height != s.height
           or sx * self.cond.width != s.width
