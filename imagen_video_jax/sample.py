@@ -11,12 +11,13 @@ prompts and output folder, each stage's EMA parameters, the text embeddings
 batch by batch through every stage. Per sample it writes NNNN.mp4 (H.264 at the
 final stage's fps), NNNN.gif, NNNN.png (contact sheet), with --save_npy
 NNNN.npy (uint8 [T, H, W, 3]), and one line of samples.jsonl (prompt, seed,
-files, per-stage settings and seconds: its batch's wall time per sample, the
-first batch's including compilation). Sample i uses the PRNG key of seed + i,
+files, per-stage settings and seconds: its batch's wall time per sample; the
+stages compile before the first batch). Sample i uses the PRNG key of seed + i,
 so `--seed=S+i --num_samples=1` redraws it alone. One host: the batch is data
 parallel over that host's devices.
 """
 
+import concurrent.futures
 import json
 import os
 import re
@@ -190,7 +191,9 @@ def sample(
   text_emb, text_mask = np.asarray(text_emb), np.asarray(text_mask)
 
   # ------------------------------------------------------------------------ #
-  # One compiled sampling loop per stage (batch padded to the device count).
+  # One compiled sampling loop per stage (batch padded to the device count):
+  # lowered in order (each stage's input is the previous one's output), then
+  # compiled on threads, all at once (XLA compiles off the GIL).
   # ------------------------------------------------------------------------ #
   bar = None
 
@@ -198,11 +201,33 @@ def sample(
     if bar is not None and int(step) + 1 > bar.n:
       bar.update(int(step) + 1 - bar.n)
 
-  stage_fns = [
-    jax.jit(pipeline.make_stage_fn(c, s, on_step=on_step))
-    for c, s in zip(configs, settings)
-  ]
   batch = pipeline.padded_batch(cascade.batch_size, jax.device_count())
+
+  def spec(shape, dtype):  # A batch-sharded argument of the stages.
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+
+  video_spec = (
+    None
+    if first_input is None
+    else spec((batch, *first_input.shape), first_input.dtype)
+  )
+  lowered = []
+  for c, s, v in zip(configs, settings, variables):
+    fn = jax.jit(
+      pipeline.make_stage_fn(c, s, on_step=on_step), out_shardings=batch_sharding
+    )
+    lowered.append(
+      fn.lower(
+        v,
+        spec((batch, 2), np.uint32),
+        spec((batch, *text_emb.shape[1:]), text_emb.dtype),
+        spec((batch, *text_mask.shape[1:]), text_mask.dtype),
+        video_spec,
+      )
+    )
+    video_spec = spec(lowered[-1].out_info.shape, lowered[-1].out_info.dtype)
+  with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+    stage_fns = list(pool.map(lambda low: low.compile(), lowered))
 
   # ------------------------------------------------------------------------ #
   # Sampling, batch by batch through every stage; files per sample.
