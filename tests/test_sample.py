@@ -418,3 +418,24 @@ def test_seven_stage_runlocal_cascade(runlocal_root, tmp_path):
   assert decoded.shape == video.shape and fps == pytest.approx(8.0)
   with Image.open(out / "0000.gif") as gif:
     assert gif.size == (256, 256)
+
+
+@pytest.mark.slow
+def test_end_to_end_super_resolves_an_input_video(runlocal_root, tmp_path, prompt_file):
+  # The SR stage alone, its input read from a file (compiled from its shape).
+  clip = str(tmp_path / "clip.mp4")
+  frames = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), np.uint8)
+  video_io.write_mp4(clip, frames, fps=4)
+  outdir = tmp_path / "sr"
+  records = sample.sample(
+    _cascade(runlocal_root),
+    prompts_path=prompt_file,
+    outdir=str(outdir),
+    stage_spec="tsr1",
+    input_video=clip,
+    save_npy=True,
+  )
+  assert [list(r["stages"]) for r in records] == [["tsr1"], ["tsr1"]]
+  assert all(r["input_video"] == clip for r in records)
+  video = np.load(outdir / records[0]["files"]["npy"])
+  assert video.dtype == np.uint8 and video.shape == (4, 8, 8, 3)
