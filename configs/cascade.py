@@ -6,9 +6,12 @@ a fixed SNR when sampling), Sec. 2.7 (256 base / 128 SR steps undistilled, 8
 steps distilled). Sample the bouncing-digits demo after training its stages:
   python -m imagen_video_jax.sample --config=configs/cascade.py:demo \
     --prompts=prompts.txt --outdir=samples/demo
-Options: `demo,ssr2=True` adds the 64x64 SSR stage; `paper,distilled=True`
-uses the distilled 8-step stochastic sampler; `workdir_root=DIR` moves every
-stage's checkpoint folder. Any key is overridable per stage, for example
+Options: `demo,ssr2=True` adds the 64x64 SSR stage; `distilled=all` (or `sr`,
+the SR stages only) samples the students of `imagen_video_jax.distill` from
+{workdir_root}/{stage}_distilled with the 8-step stochastic sampler, the
+guidance weights given to them as an input; `oscillating=True` gives the demo
+base the oscillating schedule; `workdir_root=DIR` moves every stage's
+checkpoint folder. Any key is overridable per stage, for example
 `--config.stages.base.steps=128 --config.stages.ssr1.guidance.w=2`.
 """
 
@@ -26,6 +29,8 @@ from configs import common
 # It lies inside the paper stages' training range [aug_logsnr_min, aug_logsnr_max]
 # (the demo samples at 4, inside its SR stages' [2, 20]).
 AUG_LOGSNR = math.log(3.0)
+# Which stages sample distilled students: none, all, or the SR stages only.
+DISTILLED = ("none", "all", "sr")
 
 
 def guidance(kind: str, **kw: float) -> ml_collections.ConfigDict:
@@ -50,11 +55,17 @@ def stage(
   sampler: str = "ancestral",
   thresholding: str = "dynamic",
   aug_logsnr: float = AUG_LOGSNR,
+  distilled: bool = False,
 ) -> ml_collections.ConfigDict:
   """One stage's checkpoint and sampler settings."""
   s = ml_collections.ConfigDict()
   s.config = f"configs/{name}.py:{variant}"  # The stage's training config spec.
-  s.workdir = ""  # Training workdir with checkpoints/ ('' = {workdir_root}/{name}).
+  # A distilled student (distill.py's workdir), which takes w as an input: its
+  # checkpoint must be one, and `steps` the count it was distilled for.
+  s.distilled = distilled
+  # Workdir with checkpoints/ ('' = {workdir_root}/{name}, or
+  # {workdir_root}/{name}_distilled for a distilled stage).
+  s.workdir = ""
   s.sampler = sampler  # 'ancestral' (eq. 3-4) | 'ddim' | 'distilled' (Meng et al.).
   s.steps = steps  # Sampling steps.
   s.gamma = 0.3  # Ancestral: interpolation of the two variances (eq. 4).
@@ -67,8 +78,14 @@ def stage(
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  opts = common.parse_arg(arg, workdir_root="", ssr2=False, distilled=False)
+  opts = common.parse_arg(
+    arg, workdir_root="", ssr2=False, distilled="none", oscillating=False
+  )
   v = opts.variant
+  if opts.distilled not in DISTILLED:
+    raise ValueError(
+      f"Unknown option distilled={opts.distilled!r}; expected one of {DISTILLED}."
+    )
   c = ml_collections.ConfigDict()
   if v == "demo":
     c.order = ("base", "tsr1", "ssr1") + (("ssr2",) if opts.ssr2 else ())
@@ -92,6 +109,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 8 SR steps judge as well as 16 (README, "Demo results") at half the cost.
     steps = {"base": 48, "tsr1": 8, "ssr1": 8, "ssr2": 16}
     guides = {"base": guidance("constant", w=2.0)}
+    if opts.oscillating:  # Table 1's other row; w = 4 is the students' w_max.
+      guides = {"base": guidance("oscillating", high=4.0, low=1.0)}
     # The demo's briefly trained SR stages lose colours under the paper's SNR 3
     # (colour right 36% after ssr1); at logSNR 4 (SNR ~55) they keep them (100%).
     aug_logsnr = 4.0
@@ -107,13 +126,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     guides = {n: oscillating for n in ("base", "tsr1", "ssr1")}
   c.stages = ml_collections.ConfigDict()
   for name in c.order:
+    distilled = opts.distilled == "all" or (opts.distilled == "sr" and name != "base")
     c.stages[name] = stage(
       name,
       v,
-      steps=8 if opts.distilled else steps[name],
+      # The students' step count (configs/common.py, distill.final_steps).
+      steps=(2 if v == "runlocal" else 8) if distilled else steps[name],
       guide=guides.get(name, constant).copy_and_resolve_references(),
-      sampler="distilled" if opts.distilled else "ancestral",
+      sampler="distilled" if distilled else "ancestral",
       thresholding="dynamic" if name in guides else "static",
       aug_logsnr=aug_logsnr,
+      distilled=distilled,
     )
   return c

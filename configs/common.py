@@ -212,6 +212,8 @@ def stage_config(
   c.max_bad_steps = 10  # Consecutive NaN/Inf steps before the run stops.
   c.profile_steps = 0  # Steps to profile after step 10 (0 = off).
 
+  c.distill = distill_config(stage.name, variant, c.optim)
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1.
   c.logical_axis_rules = (
@@ -238,3 +240,51 @@ def apply_options(
   config.model.dtype = config.dtype
   config.model.remat = config.remat
   return config
+
+
+# Stages sampled with oscillating guidance up to w = 15 (paper Sec. 2.4).
+OSCILLATING_STAGES = ("base", "tsr1", "ssr1")
+
+
+def distill_config(
+  name: str, variant: str, optim: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+  """Guided progressive distillation of a stage (paper Sec. 2.7; distill.py).
+
+  Stage one (Meng et al., 2022) teaches a student that takes w as an input the
+  teacher's guided output for w in [w_min, w_max]; stage two halves its steps,
+  start_steps -> ... -> final_steps, one round of `round_steps` each (Salimans
+  & Ho, 2022). The paper gives no step counts for distillation: the paper
+  variant's are an estimate, not the paper's.
+  """
+  guided = name in OSCILLATING_STAGES
+  d = ml_collections.ConfigDict()
+  d.teacher = ""  # Workdir of the trained stage (its EMA params are the teacher).
+  # Guidance weights w ~ U[w_min, w_max] of stage one and two; the range must hold
+  # every w the cascade samples with (oscillating: its high and low).
+  d.w_min = 0.0
+  if variant == "demo":  # The demo samples its base at w = 2 (or 4 and 1), SR unguided.
+    d.w_max = 4.0 if name == "base" else 0.0
+  else:  # Oscillating guidance's high weight, or a constant w = 1 with margin.
+    d.w_max = 15.0 if guided else 2.0
+  # Stage-one updates (0 skips it: only for w_max = 0, an unguided stage).
+  d.guidance_steps = {
+    "paper": 50_000,
+    "demo": 300 if name == "base" else 0,  # The demo's SR stages sample unguided.
+  }.get(variant, 4)
+  d.start_steps = {  # The teacher's step count, where the halving starts.
+    "paper": 256 if name == "base" else 128,  # The undistilled cascade's (Table 1).
+    "demo": 64 if name == "base" else 32,
+  }.get(variant, 8)
+  d.final_steps = 2 if variant == "runlocal" else 8  # Steps of the final student.
+  d.round_steps = {"paper": 50_000, "demo": 200}.get(variant, 4)  # Per halving.
+  # Stage two's loss (Salimans & Ho); stage one uses diffusion.loss.
+  d.loss = "truncated_snr"
+  # The teacher's x_hat in stage two is thresholded as the sampler does.
+  d.thresholding = "dynamic"  # 'none' | 'static' | 'dynamic' (percentile 99.5).
+  d.optim = optim.copy_and_resolve_references()  # A fresh optimizer every round.
+  d.optim.learning_rate = 1e-4 if variant == "paper" else 1e-3
+  d.optim.warmup_steps = 1_000 if variant == "paper" else 10
+  d.optim.schedule = "constant"
+  d.ema_decay = 0.9999 if variant == "paper" else 0.99  # EMA of the student.
+  return d

@@ -182,13 +182,21 @@ class Checkpointer:
       },
     )
 
-  def save(self, step: int, state: dict[str, Any], data_iterator: Any) -> bool:
+  def save(
+    self,
+    step: int,
+    state: dict[str, Any],
+    data_iterator: Any,
+    meta: dict[str, Any] | None = None,
+  ) -> bool:
     """Starts an async save of `state` at `step`; False if params are not finite.
 
     Args:
       step: the training step the state is at.
       state: dict with params, opt_state, ema_params, step.
       data_iterator: the input iterator (get_state()).
+      meta: more JSON for the checkpoint's `meta` (a distilled student's
+        sampling steps), beside its stage and step.
     """
     finite = bool(_all_finite((state["params"], state["ema_params"])))
     if not finite:
@@ -201,7 +209,7 @@ class Checkpointer:
         state=ocp.args.PyTreeSave(train),
         ema_params=ocp.args.PyTreeSave(state["ema_params"]),
         data=DataStateSave(data_iterator),
-        meta=ocp.args.JsonSave({"stage": self.stage, "step": int(step)}),
+        meta=ocp.args.JsonSave(dict(meta or {}, stage=self.stage, step=int(step))),
       ),
       force=True,
     )
@@ -297,6 +305,43 @@ def _pytree_restore(abstract: Any) -> ocp.args.PyTreeRestore:
   )
 
 
+def _read_only_manager(workdir: str, item: str, handler: Any) -> ocp.CheckpointManager:
+  """A read-only manager of WORKDIR/checkpoints for one item.
+
+  Raises:
+    ValueError: naming the directory if it does not exist.
+  """
+  directory = absolute(workdir) / "checkpoints"
+  if not directory.exists():
+    raise ValueError(f"No checkpoints in {str(directory)!r}.")
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+    item_handlers={item: handler},
+  )
+
+
+def latest_step(workdir: str) -> int | None:
+  """The newest checkpoint step in WORKDIR/checkpoints (None if there is none)."""
+  with _read_only_manager(workdir, "meta", ocp.JsonCheckpointHandler()) as manager:
+    return manager.latest_step()
+
+
+def checkpoint_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """The `meta` JSON of the latest (or `step`'s) checkpoint: stage, step, ...
+
+  Raises:
+    ValueError: naming the directory if it holds no checkpoint.
+  """
+  with _read_only_manager(workdir, "meta", ocp.JsonCheckpointHandler()) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise ValueError(f"No checkpoints in {str(manager.directory)!r}.")
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+      "meta"
+    ]
+
+
 def restore_ema_params(workdir: str, step: int | None = None) -> Any:
   """The EMA params of the latest (or `step`'s) checkpoint as host numpy arrays.
 
@@ -310,17 +355,12 @@ def restore_ema_params(workdir: str, step: int | None = None) -> Any:
   Raises:
     ValueError: naming the directory if it holds no checkpoint.
   """
-  directory = absolute(workdir) / "checkpoints"
-  if not directory.exists():
-    raise ValueError(f"No checkpoints in {str(directory)!r}.")
-  with ocp.CheckpointManager(
-    directory,
-    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-    item_handlers={"ema_params": ocp.PyTreeCheckpointHandler()},
+  with _read_only_manager(
+    workdir, "ema_params", ocp.PyTreeCheckpointHandler()
   ) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise ValueError(f"No checkpoints in {str(directory)!r}.")
+      raise ValueError(f"No checkpoints in {str(manager.directory)!r}.")
     metadata = manager.item_metadata(step)["ema_params"]
     restore_args = jax.tree.map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree

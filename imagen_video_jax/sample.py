@@ -74,9 +74,10 @@ def _stage_config(name: str, spec: str, workdir: str) -> ml_collections.ConfigDi
     workdir, config, f"Stage {name!r} workdir {workdir!r}"
   )
   if saved is not None:
-    for key in ("model", "text", "diffusion"):
+    # A distill.py workdir's also says for which guidance weights (distill).
+    for key in ("model", "text", "diffusion", "distill"):
       # A key newer than the checkpoint keeps its default (the old behaviour).
-      merged = config[key].to_dict() | _tuples(saved[key])
+      merged = config[key].to_dict() | _tuples(saved.get(key, {}))
       config[key] = ml_collections.ConfigDict(merged)
   return config
 
@@ -144,7 +145,9 @@ def sample(
   names = stages.select_stages(cascade.order, stage_spec)
   settings = [cascade.stages[n] for n in names]
   workdirs = [
-    s.workdir or os.path.join(cascade.workdir_root, n) for n, s in zip(names, settings)
+    s.workdir
+    or os.path.join(cascade.workdir_root, n + ("_distilled" if s.distilled else ""))
+    for n, s in zip(names, settings)
   ]
   configs = [
     _stage_config(n, s.config, w) for n, s, w in zip(names, settings, workdirs)
@@ -152,10 +155,13 @@ def sample(
   stages.check_chain(names, configs, from_video=bool(input_video))
   text_config = stages.check_text(names, configs)
   stages.check_augmentation(names, configs, [s.get("aug_logsnr") for s in settings])
-  for name, workdir in zip(names, workdirs):
+  for name, workdir, config, s in zip(names, workdirs, configs, settings):
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
       raise ValueError(f"Stage {name!r}: no checkpoint in {ckpt_dir!r}.")
+    student = config.model.num_extra_scalars > 0
+    meta = checkpointing.checkpoint_meta(workdir) if student else {}
+    stages.check_student(name, config, s, meta.get("sampling_steps"), workdir)
   logging.info("Cascade: %s", " -> ".join(names))
 
   # ------------------------------------------------------------------------ #

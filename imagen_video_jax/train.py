@@ -13,18 +13,13 @@ reads top to bottom: mesh -> workdir -> text encoder -> model and sharded state
 
 import concurrent.futures
 import signal
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
 from clu import metric_writers, parameter_overview, periodic_actions
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from imagen_video_jax import checkpointing, input_pipeline, sharding, train_lib
-from imagen_video_jax.models import text_encoder
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Stage config, e.g. configs/ssr1.py:demo.", lock_config=True
@@ -68,21 +63,12 @@ def main(argv):
   signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
 
   # ------------------------------------------------------------------------ #
-  # Frozen text encoder (paper Sec. 2): applied inside the step, or skipped
-  # when the data holds precomputed embeddings.
+  # Frozen text encoder (paper Sec. 2): applied inside the step, or None when
+  # the data holds precomputed embeddings.
   # ------------------------------------------------------------------------ #
-  if config.text.precomputed:
-    text_apply, text_params, text_shardings = None, None, None
-  else:
-    encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
-    text_apply = encoder.apply
-    ones = jnp.ones((1, 1), jnp.int32)
-    text_shardings = sharding.logical_shardings(
-      jax.eval_shape(encoder.model.init, jax.random.key(0), ones, ones > 0)["params"],
-      mesh,
-      rules,
-    )
-    text_params = jax.device_put(encoder.params, text_shardings)
+  text_apply, text_params, text_shardings = train_lib.frozen_text_encoder(
+    config, mesh, rules
+  )
 
   # ------------------------------------------------------------------------ #
   # Model, optimizer and the shapes and shardings of the train state
@@ -162,53 +148,18 @@ def main(argv):
     )
   # `compiled` holds one executable and its FLOPs/step (from the cost
   # analysis) per batch shape.
-  peak = train_lib.peak_flops_per_device(config)
-  history, bad_streak, bad_total = [], 0, 0
-  t_last, steps_timed, flops_timed = None, 0, 0.0
+  reporter = train_lib.Reporter(config, writer)
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(train_iter)
       executable, flops = compiled[input_pipeline.batch_key(batch)]
       state, metrics = executable(state, batch, text_params)
     step += 1
-    metrics = jax.device_get(metrics)
     for hook in hooks:
       hook(step)
+    reporter(step, jax.device_get(metrics), flops)
 
-    if metrics["finite"]:
-      bad_streak = 0
-      history.append(metrics)
-    else:
-      bad_streak, bad_total = bad_streak + 1, bad_total + 1
-      logging.warning("Step %d: non-finite loss or gradient; update skipped.", step)
-      if bad_streak >= config.max_bad_steps:
-        raise RuntimeError(
-          f"{bad_streak} non-finite steps in a row (config.max_bad_steps="
-          f"{config.max_bad_steps}) at step {step}; stopping."
-        )
-
-    if t_last is None:  # Timing starts after a compiling step.
-      t_last, steps_timed, flops_timed = time.perf_counter(), 0, 0.0
-    else:
-      steps_timed, flops_timed = steps_timed + 1, flops_timed + flops
-    if step % config.log_every == 0 or step == config.total_steps:
-      out = train_lib.summarize(history) | dict(
-        bad_steps_total=bad_total, lr=float(metrics["lr"])
-      )
-      if steps_timed:
-        dt = time.perf_counter() - t_last
-        out["examples_per_sec"] = steps_timed * config.batch_size / dt
-        out["tflops_per_device"] = flops_timed / dt / 1e12
-        if peak:
-          out["mfu"] = out["tflops_per_device"] * 1e12 / peak
-        t_last, steps_timed, flops_timed = time.perf_counter(), 0, 0.0
-      writer.write_scalars(step, out)
-      history = []
-
-    if jax.process_count() > 1:  # Every host must agree to stop on SIGTERM.
-      stop = bool(multihost_utils.process_allgather(np.int32(bool(preempted))).max())
-    else:
-      stop = bool(preempted)
+    stop = train_lib.all_agree(bool(preempted))
     if step % config.ckpt_every == 0 or step == config.total_steps or stop:
       ckpt.save(step, state, train_iter)
     if stop:

@@ -7,6 +7,7 @@ SR conditioning, clipped AdamW, EMA, skipping of non-finite steps), the
 per-logSNR-bucket loss report, and the peak FLOP/s table for MFU.
 """
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
+from jax.experimental import multihost_utils
 
+from imagen_video_jax import sharding
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import losses, schedules
-from imagen_video_jax.models import t5, video_unet
+from imagen_video_jax.models import t5, text_encoder, video_unet
 
 # Edges of the logSNR buckets the loss is reported in (lambda in [-20, 20]).
 LOGSNR_BUCKETS = (-20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
@@ -236,6 +240,7 @@ def make_init_fn(
   """rng -> initial train state {step, params, opt_state, ema_params} (boxed)."""
   stage, length = config.stage, config.text.max_length
   is_sr = stage.input is not None
+  n_extra = config.model.num_extra_scalars  # A distillation student's w.
   x_shape = (1, stage_frames(stage), *stage_hw(stage), config.model.out_channels)
 
   def init_fn(rng: jax.Array) -> dict[str, Any]:
@@ -250,6 +255,7 @@ def make_init_fn(
       else None,
       aug_logsnr=jnp.zeros((1,)) if is_sr else None,
       is_image=jnp.zeros((1,), bool),
+      extra_scalars=jnp.zeros((1, n_extra)) if n_extra else None,
     )
     params = variables["params"]
     return dict(
@@ -260,6 +266,109 @@ def make_init_fn(
     )
 
   return init_fn
+
+
+def conditioning_inputs(
+  config: ml_collections.ConfigDict,
+  batch: dict[str, jax.Array],
+  text_apply: Callable[..., jax.Array] | None,
+  text_params: Any,
+  rng_text: jax.Array,
+  rng_cond: jax.Array,
+  text_dropout: float,
+) -> dict[str, jax.Array]:
+  """What the U-Net is conditioned on for a batch: text, mask, is_image, SR video.
+
+  Returns:
+    dict(text [B, L, D], mask [B, L], is_image [B]) and, for an SR stage,
+    video (the noise-augmented input stage's clip) and aug_logsnr [B]. The text
+    is the frozen encoder's output (or the batch's 'text_emb'), dropped to the
+    null caption at rate `text_dropout`.
+  """
+  if text_apply is None:
+    text = batch["text_emb"]
+  else:  # Frozen T5 (paper Sec. 2): no gradient flows into it.
+    text = jax.lax.stop_gradient(
+      text_apply(text_params, batch["tokens"], batch["text_mask"])
+    )
+  text, mask = drop_text(text, batch["text_mask"], rng_text, text_dropout)
+  cond = dict(text=text, mask=mask, is_image=batch["is_image"])
+  if config.stage.input is not None:
+    cond["video"], cond["aug_logsnr"] = sr_conditioning(
+      batch["cond_video"], rng_cond, batch["video"].shape[1:4], config.diffusion
+    )
+  return cond
+
+
+def apply_model(
+  model: video_unet.VideoUNet,
+  params: Any,
+  z: jax.Array,
+  logsnr: jax.Array,
+  cond: dict[str, jax.Array],
+  *,
+  extra_scalars: jax.Array | None = None,
+  rng_dropout: jax.Array | None = None,
+) -> jax.Array:
+  """The U-Net on z [B, ...] at logsnr [B] given `conditioning_inputs`' dict.
+
+  Dropout is on (train mode) when `rng_dropout` is given.
+  """
+  return model.apply(
+    {"params": params},
+    z,
+    logsnr,
+    cond["text"],
+    cond["mask"],
+    cond_video=cond.get("video"),
+    aug_logsnr=cond.get("aug_logsnr"),
+    is_image=cond["is_image"],
+    extra_scalars=extra_scalars,
+    train=rng_dropout is not None,
+    rngs={} if rng_dropout is None else {"dropout": rng_dropout},
+  )
+
+
+def update_state(
+  state: dict[str, Any],
+  loss_fn: Callable[[Any], tuple[jax.Array, Any]],
+  tx: optax.GradientTransformation,
+  *,
+  ema_decay: float,
+  remat: str,
+) -> tuple[dict[str, Any], jax.Array, Any, dict[str, jax.Array]]:
+  """One optimizer step on `loss_fn(params) -> (loss, aux)`.
+
+  Clipped AdamW, then the EMA. A non-finite loss, gradient or update leaves
+  params, optimizer state and EMA untouched.
+
+  Returns:
+    (state with new params, opt_state, ema_params and step + 1; the loss; aux;
+    metrics grad_norm and finite).
+  """
+  if remat == "full":
+    loss_fn = jax.checkpoint(loss_fn)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, aux), grads = grad_fn(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new = dict(
+    params=params,
+    opt_state=opt_state,
+    ema_params=ema_update(state["ema_params"], params, ema_decay, state["step"]),
+  )
+  grad_norm = optax.global_norm(grads)
+  finite = (
+    jnp.isfinite(loss)
+    & jnp.isfinite(grad_norm)
+    & jnp.isfinite(optax.global_norm(updates))
+  )
+  # NaN/Inf in the loss, gradients or update: the update is not applied.
+  new = jax.tree.map(
+    lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new}
+  )
+  new = dict(state, **new, step=state["step"] + 1)
+  return new, loss, aux, dict(grad_norm=grad_norm, finite=finite)
 
 
 def make_train_step(
@@ -285,8 +394,7 @@ def make_train_step(
   uninterrupted one exactly. A non-finite loss, gradient or update leaves
   params, optimizer state and EMA untouched (metrics['finite'] is False).
   """
-  stage, diffusion = config.stage, config.diffusion
-  is_sr = stage.input is not None
+  diffusion = config.diffusion
   logsnr_fn = schedules.get_logsnr_fn(
     diffusion.schedule, diffusion.logsnr_min, diffusion.logsnr_max
   )
@@ -296,33 +404,13 @@ def make_train_step(
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
     rng_text, rng_cond, rng_loss, rng_dropout = jax.random.split(rng, 4)
-    if text_apply is None:
-      text = batch["text_emb"]
-    else:  # Frozen T5 (paper Sec. 2): no gradient flows into it.
-      text = jax.lax.stop_gradient(
-        text_apply(text_params, batch["tokens"], batch["text_mask"])
-      )
-    text, mask = drop_text(text, batch["text_mask"], rng_text, diffusion.text_dropout)
-    cond = dict(text=text, mask=mask, is_image=batch["is_image"])
-    if is_sr:
-      cond["video"], cond["aug_logsnr"] = sr_conditioning(
-        batch["cond_video"], rng_cond, batch["video"].shape[1:4], diffusion
-      )
+    cond = conditioning_inputs(
+      config, batch, text_apply, text_params, rng_text, rng_cond, diffusion.text_dropout
+    )
 
     def loss_fn(params):
       def denoise_fn(z, logsnr, c):
-        return model.apply(
-          {"params": params},
-          z,
-          logsnr,
-          c["text"],
-          c["mask"],
-          cond_video=c.get("video"),
-          aug_logsnr=c.get("aug_logsnr"),
-          is_image=c["is_image"],
-          train=True,
-          rngs={"dropout": rng_dropout},
-        )
+        return apply_model(model, params, z, logsnr, c, rng_dropout=rng_dropout)
 
       loss, logsnr = losses.diffusion_loss(
         denoise_fn,
@@ -336,39 +424,14 @@ def make_train_step(
       )
       return loss.mean(), (loss, logsnr)
 
-    if config.remat == "full":
-      loss_fn = jax.checkpoint(loss_fn)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (per_example, logsnr)), grads = grad_fn(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = dict(
-      params=params,
-      opt_state=opt_state,
-      ema_params=ema_update(
-        state["ema_params"], params, config.ema_decay, state["step"]
-      ),
-    )
-    grad_norm = optax.global_norm(grads)
-    finite = (
-      jnp.isfinite(loss)
-      & jnp.isfinite(grad_norm)
-      & jnp.isfinite(optax.global_norm(updates))
-    )
-    # NaN/Inf in the loss, gradients or update: the update is not applied.
-    new = jax.tree.map(
-      lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new}
+    new, loss, (per_example, logsnr), metrics = update_state(
+      state, loss_fn, tx, ema_decay=config.ema_decay, remat=config.remat
     )
     sums, counts = bucket_sums(per_example, logsnr)
-    metrics = dict(
-      loss=loss,
-      grad_norm=grad_norm,
-      lr=lr_fn(state["step"]),
-      finite=finite,
-      bucket_sums=sums,
-      bucket_counts=counts,
+    metrics.update(
+      loss=loss, lr=lr_fn(state["step"]), bucket_sums=sums, bucket_counts=counts
     )
-    return dict(new, step=state["step"] + 1), metrics
+    return new, metrics
 
   return train_step
 
@@ -404,3 +467,86 @@ def synthetic_batch(
   return {
     k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in batch.items()
   }
+
+
+# --------------------------------------------------------------------------- #
+# Pieces of the binaries' loops (train.py, distill.py).
+# --------------------------------------------------------------------------- #
+def frozen_text_encoder(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: Any
+) -> tuple[Callable[..., jax.Array] | None, Any, Any]:
+  """The frozen T5 (paper Sec. 2), its params placed by their logical axes.
+
+  Returns:
+    (apply, params, shardings); all None when the data holds precomputed
+    embeddings (config.text.precomputed).
+  """
+  if config.text.precomputed:
+    return None, None, None
+  encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
+  ones = jnp.ones((1, 1), jnp.int32)
+  shardings = sharding.logical_shardings(
+    jax.eval_shape(encoder.model.init, jax.random.key(0), ones, ones > 0)["params"],
+    mesh,
+    rules,
+  )
+  return encoder.apply, jax.device_put(encoder.params, shardings), shardings
+
+
+class Reporter:
+  """Host side of the metrics: skipped steps, means, speed, written by clu.
+
+  Call once per step with the step's host metrics and the compiled program's
+  FLOPs. Every `config.log_every` steps (and at the last) it writes the means
+  of loss, grad norm and the per-logSNR-bucket losses, the learning rate,
+  examples/s, TFLOP/s per device and MFU. Timing starts after the first
+  (compiling) step.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, writer: Any):
+    self.config, self.writer = config, writer
+    self.peak = peak_flops_per_device(config)
+    self.history, self.bad_streak, self.bad_total = [], 0, 0
+    self.t_last, self.steps_timed, self.flops_timed = None, 0, 0.0
+
+  def __call__(self, step: int, metrics: dict[str, Any], flops: float) -> None:
+    """Raises RuntimeError after config.max_bad_steps non-finite steps in a row."""
+    config = self.config
+    if metrics["finite"]:
+      self.bad_streak = 0
+      self.history.append(metrics)
+    else:
+      self.bad_streak, self.bad_total = self.bad_streak + 1, self.bad_total + 1
+      logging.warning("Step %d: non-finite loss or gradient; update skipped.", step)
+      if self.bad_streak >= config.max_bad_steps:
+        raise RuntimeError(
+          f"{self.bad_streak} non-finite steps in a row (config.max_bad_steps="
+          f"{config.max_bad_steps}) at step {step}; stopping."
+        )
+    if self.t_last is None:  # Timing starts after a compiling step.
+      self.t_last, self.steps_timed, self.flops_timed = time.perf_counter(), 0, 0.0
+    else:
+      self.steps_timed, self.flops_timed = (
+        self.steps_timed + 1,
+        self.flops_timed + flops,
+      )
+    if step % config.log_every == 0 or step == config.total_steps:
+      out = summarize(self.history) | dict(
+        bad_steps_total=self.bad_total, lr=float(metrics["lr"])
+      )
+      if self.steps_timed:
+        dt = time.perf_counter() - self.t_last
+        out["examples_per_sec"] = self.steps_timed * config.batch_size / dt
+        out["tflops_per_device"] = self.flops_timed / dt / 1e12
+        if self.peak:
+          out["mfu"] = out["tflops_per_device"] * 1e12 / self.peak
+        self.t_last, self.steps_timed, self.flops_timed = time.perf_counter(), 0, 0.0
+      self.writer.write_scalars(step, out)
+      self.history = []
+
+
+def all_agree(flag: bool) -> bool:
+  """True when any process says so (every host must stop on SIGTERM together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.int32(flag)).max())

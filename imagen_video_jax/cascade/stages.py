@@ -193,3 +193,50 @@ def check_text(
         "all stages of a cascade must share one text encoder."
       )
   return configs[0].text
+
+
+def check_student(
+  name: str,
+  config: ml_collections.ConfigDict,
+  settings: ml_collections.ConfigDict,
+  sampling_steps: int | None,
+  workdir: str,
+) -> None:
+  """Checks a stage's sampler settings against what its checkpoint holds.
+
+  Args:
+    name: the stage.
+    config: its config as trained (model.num_extra_scalars > 0 for a student
+      of distill.py, whose `distill` block gives its w range).
+    settings: its cascade settings (distilled, steps, guidance).
+    sampling_steps: the student checkpoint's step count (None: any count, a
+      student of guidance distillation only).
+    workdir: named in the errors.
+
+  Raises:
+    ValueError: naming the stage if it is marked distilled but holds a
+      trained stage, or samples a student with another step count or a
+      guidance weight outside its distilled range.
+  """
+  student = config.model.num_extra_scalars > 0
+  if settings.distilled and not student:
+    raise ValueError(
+      f"Stage {name!r} is marked distilled, but {workdir!r} holds an undistilled "
+      "model: distil it (python -m imagen_video_jax.distill) or sample it with "
+      f"stages.{name}.distilled=False."
+    )
+  if not student:
+    return
+  if sampling_steps is not None and settings.steps != sampling_steps:
+    raise ValueError(
+      f"Stage {name!r}: the student in {workdir!r} was distilled for "
+      f"{sampling_steps} sampling steps, not stages.{name}.steps={settings.steps}."
+    )
+  g, d = settings.guidance, config.distill
+  weights = (g.w,) if g.kind == "constant" else (g.high, g.low)
+  for w in weights:
+    if not d.w_min <= w <= d.w_max:
+      raise ValueError(
+        f"Stage {name!r}: guidance weight {w} lies outside [{d.w_min}, "
+        f"{d.w_max}], the range the student in {workdir!r} was distilled for."
+      )

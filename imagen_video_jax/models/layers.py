@@ -129,17 +129,29 @@ def sinusoidal_embedding(x: Array, dim: int, max_period: float = 10_000.0) -> Ar
 
 
 class ScalarEmbedding(nn.Module):
-  """Sinusoidal features of one scalar per example -> MLP: [B] -> [B, embed_dim]."""
+  """Sinusoidal features of one scalar per example -> MLP: [B] -> [B, embed_dim].
+
+  With `zero_init` the last layer starts at zero, so the embedding adds nothing
+  until trained: a distillation student given a new input (the guidance weight
+  w) then starts as exactly the network it was copied from.
+  """
 
   embed_dim: int
   dtype: Dtype = jnp.float32
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = sinusoidal_embedding(x, self.embed_dim).astype(self.dtype)
     h = dense(self.embed_dim, ("embed", "mlp"), dtype=self.dtype, name="dense_0")(h)
     h = nn.swish(h)
-    return dense(self.embed_dim, ("mlp", "embed"), dtype=self.dtype, name="dense_1")(h)
+    return dense(
+      self.embed_dim,
+      ("mlp", "embed"),
+      dtype=self.dtype,
+      name="dense_1",
+      zero_init=self.zero_init,
+    )(h)
 
 
 class ResBlock(nn.Module):

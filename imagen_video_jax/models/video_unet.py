@@ -161,8 +161,12 @@ class VideoUNet(nn.Module):
       scalars["aug_logsnr_embed"] = aug_logsnr  # lambda' of noise augmentation
     for i in range(self.num_extra_scalars):
       scalars[f"extra_embed_{i}"] = extra_scalars[:, i]  # e.g. guidance weight w
+    # Extra inputs start at zero output: a student built from a teacher is the
+    # teacher until its new embedding learns (Meng et al., 2022).
     emb = sum(
-      layers.ScalarEmbedding(self.embed_dim, dtype, name=name)(value)
+      layers.ScalarEmbedding(
+        self.embed_dim, dtype, zero_init=name.startswith("extra"), name=name
+      )(value)
       for name, value in scalars.items()
     )
     emb = emb + attention.AttentionPool(

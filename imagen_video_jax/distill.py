@@ -1,0 +1,212 @@
+r"""Distils one trained stage to a few sampling steps (paper Sec. 2.7, Table 1).
+
+  python -m imagen_video_jax.distill --config=configs/base.py:demo \
+    --config.distill.teacher=runs/demo/base --workdir=runs/demo/base_distilled
+
+Stage one (Meng et al., 2022) teaches a student that takes the guidance weight
+w as an input the teacher's guided output, in one pass; stage two halves its
+sampling steps round by round (Salimans & Ho, 2022) down to
+`distill.final_steps`. The workdir is a stage `sample.py` reads as it is (its
+config.json says that the model takes w; each checkpoint's meta, for which
+step count). The script reads top to bottom as train.py does: config and
+teacher checks -> mesh -> workdir -> text encoder -> student and sharded state
+-> one step per round kind -> data and restore -> loop over the rounds
+(metrics, checkpoints, SIGTERM). A kill in any round resumes that round at
+its step and repeats the uninterrupted run exactly.
+"""
+
+import concurrent.futures
+import os
+import signal
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from clu import metric_writers, periodic_actions
+from ml_collections import config_flags
+
+from imagen_video_jax import (
+  checkpointing,
+  distill_lib,
+  input_pipeline,
+  sharding,
+  train_lib,
+)
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Stage config, e.g. configs/base.py:demo.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir.")
+_MULTIHOST = flags.DEFINE_bool(
+  "multihost", False, "jax.distributed.initialize() with cluster auto-detection."
+)
+
+
+def main(argv):
+  del argv
+  # ------------------------------------------------------------------------ #
+  # The student's config, the teacher, and the workdir's own teacher: all
+  # checked before anything is written.
+  # ------------------------------------------------------------------------ #
+  config, workdir = distill_lib.student_config(_CONFIG.value), _WORKDIR.value
+  if os.path.abspath(workdir) == config.distill.teacher:
+    raise ValueError(f"--workdir={workdir!r} is the teacher's workdir.")
+  teacher_params, config.distill.teacher_step = distill_lib.load_teacher(config)
+  distill_lib.check_resume(workdir, config)
+  all_rounds = distill_lib.rounds(config.distill)
+  logging.info("Rounds: %s", all_rounds)
+
+  # ------------------------------------------------------------------------ #
+  # Processes, mesh, workdir, metric writers, SIGTERM.
+  # ------------------------------------------------------------------------ #
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.logical_axis_rules)
+  sharding.check_batch_size(config.batch_size, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  checkpointing.prepare_workdir(workdir, config)
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0
+  )
+  preempted = []
+  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  text_apply, text_params, text_shardings = train_lib.frozen_text_encoder(
+    config, mesh, rules
+  )
+
+  # ------------------------------------------------------------------------ #
+  # The student (the stage's U-Net taking w) and the shapes and shardings of
+  # the state {step, params, opt_state, ema_params, teacher_params}; one
+  # optimizer per round kind (the same state, its own schedule length).
+  # ------------------------------------------------------------------------ #
+  model = train_lib.make_model(config)
+  optimizers = {
+    "guidance": train_lib.make_optimizer(
+      config.distill.optim, max(config.distill.guidance_steps, 1)
+    ),
+    "halving": train_lib.make_optimizer(
+      config.distill.optim, max(config.distill.round_steps, 1)
+    ),
+  }
+  tx = optimizers["halving"][0]  # Both build the same optimizer state.
+  train_init = train_lib.make_init_fn(config, model, tx)
+
+  def init_fn(rng):
+    state = train_init(rng)
+    return dict(state, teacher_params=state["params"])
+
+  rng_init = jax.random.key(config.seed)
+  abstract_state, state_shardings = sharding.abstract_state(
+    init_fn, rng_init, mesh, rules
+  )
+  start_round = jax.jit(
+    distill_lib.make_start_fn(tx),
+    in_shardings=(state_shardings, state_shardings["params"]),
+    out_shardings=state_shardings,
+    donate_argnums=(0,),
+  )
+
+  # ------------------------------------------------------------------------ #
+  # One jitted step per round kind, compiled for every batch shape on threads
+  # while the latest checkpoint loads.
+  # ------------------------------------------------------------------------ #
+  steps = {
+    kind: jax.jit(
+      distill_lib.make_distill_step(
+        config,
+        model,
+        *optimizers[kind],
+        kind,
+        text_apply,
+        sharding.batch_sharding(mesh, rules),
+      ),
+      in_shardings=(
+        state_shardings,
+        sharding.input_sharding(mesh),
+        text_shardings,
+        replicated,
+        replicated,
+      ),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+    )
+    for kind in distill_lib.KINDS
+  }
+  data_iter = input_pipeline.create_iterator(config, mesh=mesh)
+  ckpt = checkpointing.Checkpointer(
+    workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+  )
+  done = ckpt.latest_step() or 0
+  kinds = {r.kind for r in all_rounds if r.end > done}
+  specs = data_iter.batch_specs()
+  scalar = jax.ShapeDtypeStruct((), "int32")
+  with concurrent.futures.ThreadPoolExecutor(len(specs) * len(kinds) + 1) as pool:
+    compile_init = sharding.jit_init(init_fn, state_shardings).lower(rng_init).compile
+    init_future = pool.submit(compile_init) if not done else None
+    futures = {
+      (kind, input_pipeline.batch_key(spec)): pool.submit(
+        lambda k=kind, s=spec: (
+          steps[k].lower(abstract_state, s, text_params, scalar, scalar).compile()
+        )
+      )
+      for kind in kinds
+      for spec in specs
+    }
+    restored = ckpt.restore(abstract_state, data_iter)
+    if restored is None:  # Round 0 starts from the teacher's EMA params.
+      state = (init_future.result() if init_future else compile_init())(rng_init)
+      teacher = distill_lib.merge_teacher(
+        state["params"], teacher_params, f"Teacher {config.distill.teacher!r}"
+      )
+      state = start_round(state, jax.device_put(teacher, state_shardings["params"]))
+      logging.info("Student initialised from %s.", config.distill.teacher)
+    else:
+      state, _ = restored
+    compiled = {}
+    for key, future in futures.items():
+      executable = future.result()
+      compiled[key] = executable, train_lib.compiled_flops(executable)
+  sharding.wait_for_all_processes("distill_step_compiled")
+  step = int(state["step"])
+  del teacher_params
+
+  # ------------------------------------------------------------------------ #
+  # The loop over the rounds. At a round's first step the previous student's
+  # EMA becomes the teacher and the new student, with a fresh optimizer.
+  # ------------------------------------------------------------------------ #
+  report = periodic_actions.ReportProgress(
+    num_train_steps=config.total_steps, writer=writer, every_steps=config.log_every
+  )
+  reporter = train_lib.Reporter(config, writer)
+  while step < config.total_steps:
+    r = distill_lib.round_of(all_rounds, step)
+    if step == r.start and r.index > 0:
+      state = start_round(state, state["ema_params"])
+      logging.info("Round %d (%s, student steps %s) starts.", r.index, r.kind, r.steps)
+    with jax.profiler.StepTraceAnnotation("distill", step_num=step):
+      batch = next(data_iter)
+      executable, flops = compiled[(r.kind, input_pipeline.batch_key(batch))]
+      args = np.int32(r.start), np.int32(r.steps or 0)
+      state, metrics = executable(state, batch, text_params, *args)
+    step += 1
+    report(step)
+    reporter(step, jax.device_get(metrics), flops)
+
+    stop = train_lib.all_agree(bool(preempted))
+    if step in (r.end, config.total_steps) or step % config.ckpt_every == 0 or stop:
+      ckpt.save(
+        step, state, data_iter, meta=distill_lib.checkpoint_meta(all_rounds, step)
+      )
+    if stop:
+      logging.warning("SIGTERM: saved step %d, exiting.", step)
+      break
+
+  ckpt.close()
+  writer.flush()
+  writer.close()
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
