@@ -341,3 +341,20 @@ def test_static_or_empty_glyph_fails_axis(ground_truth):
   videos[1, 3] = 0  # One empty frame.
   assert alignment.judge(videos)["axis"] == [None, None]
   assert alignment.judge(np.zeros_like(videos))["digit"] == [-1, -1]
+
+
+def test_digit_consistency_is_one_on_ground_truth_and_falls_with_swapped_frames(
+  ground_truth,
+):
+  videos, captions = ground_truth
+  assert alignment.alignment(videos, captions)["consistency"] >= 0.95
+  # Frames 0-2 of each video from the next video (another digit, mostly):
+  # the majority is the video's own digit, the borrowed frames disagree.
+  mixed = videos.copy()
+  t = videos.shape[1]
+  mixed[:, : t // 4] = np.roll(videos, 1, axis=0)[:, : t // 4]
+  seen = alignment.judge(mixed)["consistency"]
+  digits = [alignment.parse_prompt(c)[1] for c in captions]
+  differs = np.array(digits) != np.roll(digits, 1)
+  assert np.mean(np.array(seen)[differs]) <= 1 - 0.8 * (t // 4) / t
+  assert alignment.judge(np.zeros_like(videos[:1]))["consistency"] == [0.0]

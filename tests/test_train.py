@@ -51,10 +51,10 @@ def train_args(stage: str, workdir, data_dir: str, *overrides: str) -> list[str]
   ]
 
 
-def start(args, env, log_path) -> subprocess.Popen:
+def start(args, env, log_path, module="imagen_video_jax.train") -> subprocess.Popen:
   with open(log_path, "ab") as log:
     return subprocess.Popen(
-      [sys.executable, "-m", "imagen_video_jax.train", *args],
+      [sys.executable, "-m", module, *args],
       cwd=ROOT,
       env=env,
       stdout=log,
@@ -62,12 +62,12 @@ def start(args, env, log_path) -> subprocess.Popen:
     )
 
 
-def run(args, env, log_path, timeout=600) -> None:
-  proc = start(args, env, log_path)
+def run(args, env, log_path, timeout=600, module="imagen_video_jax.train") -> None:
+  proc = start(args, env, log_path, module)
   if proc.wait(timeout=timeout) != 0:
     with open(log_path) as f:
       tail = f.read()[-4000:]
-    raise AssertionError(f"train exited with {proc.returncode}:\n{tail}")
+    raise AssertionError(f"{module} exited with {proc.returncode}:\n{tail}")
 
 
 def logged_losses(workdir, files=None) -> dict[int, float]:

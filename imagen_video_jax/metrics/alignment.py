@@ -166,7 +166,8 @@ def judge(videos: np.ndarray) -> dict[str, list]:
 
   Returns:
     dict of lists of N: 'digit' int (-1: no foreground), 'colour' str | None,
-    'axis' str | None (None: no foreground in some frame, or no motion).
+    'axis' str | None (None: no foreground in some frame, or no motion),
+    'consistency' float in [0, 1] (frames whose digit is the majority's).
   """
   if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
     raise ValueError(
@@ -178,8 +179,17 @@ def judge(videos: np.ndarray) -> dict[str, list]:
   # Digit: one-vs-rest SVM scores summed over the frames with a foreground.
   clf = digit_classifier(t, h, w)
   score = clf.decision_function(crops(videos, cents).reshape(n * t, -1))
-  score = (score.reshape(n, t, -1) * valid[..., None]).sum(axis=1)
+  score = score.reshape(n, t, -1)
+  per_frame = np.where(valid, clf.classes_[score.argmax(-1)], -1)  # [N, T].
+  score = (score * valid[..., None]).sum(axis=1)
   digit = np.where(valid.any(axis=1), clf.classes_[score.argmax(-1)], -1)
+  # Consistency: the fraction of frames whose own digit is the video's
+  # majority digit (a frame without foreground never agrees).
+  consistency = []
+  for frames in per_frame:
+    shown = frames[frames >= 0]
+    majority = np.bincount(shown).argmax() if shown.size else -1
+    consistency.append(float(np.mean(frames == majority)) if shown.size else 0.0)
   # Colour: nearest palette colour to the max-normalised mean foreground colour.
   palette = np.array(list(bd.PALETTE.values()), np.float64) / 255.0
   fg = _intensity(videos) > FG_THRESHOLD
@@ -198,7 +208,12 @@ def judge(videos: np.ndarray) -> dict[str, list]:
     motion = cents[i].max(axis=0) - cents[i].min(axis=0)
     moved = motion / np.array([w, h]) >= MIN_MOTION
     axes.append(bd.AXES[int(np.argmax(motion))] if moved.any() else None)
-  return {"digit": [int(d) for d in digit], "colour": colours, "axis": axes}
+  return {
+    "digit": [int(d) for d in digit],
+    "colour": colours,
+    "axis": axes,
+    "consistency": consistency,
+  }
 
 
 def alignment(videos: np.ndarray, prompts: list[str]) -> dict[str, float]:
@@ -209,7 +224,9 @@ def alignment(videos: np.ndarray, prompts: list[str]) -> dict[str, float]:
     prompts: N bouncing-digits captions.
 
   Returns:
-    {'all', 'digit', 'colour', 'axis'} -> fraction in [0, 1].
+    {'all', 'digit', 'colour', 'axis'} -> fraction in [0, 1], and
+    'consistency', the mean fraction of a video's frames showing its majority
+    digit (ground truth about 1).
   """
   if len(prompts) != len(videos):
     raise ValueError(f"{len(prompts)} prompts for {len(videos)} videos.")
@@ -220,4 +237,5 @@ def alignment(videos: np.ndarray, prompts: list[str]) -> dict[str, float]:
   }
   scores = {"all": float(np.mean(hits["digit"] & hits["colour"] & hits["axis"]))}
   scores.update({part: float(np.mean(h)) for part, h in hits.items()})
+  scores["consistency"] = float(np.mean(seen["consistency"]))
   return scores
