@@ -118,3 +118,40 @@ def test_command_line_writes_prompts_and_reports(tmp_path):
   (tmp_path / "samples" / "metrics.json").write_text(json.dumps({"metrics": metrics}))
   out = run("report", f"--run={tmp_path}", "--stages=base")
   assert "fvd" in out and (tmp_path / "samples_sheet.png").exists()
+
+
+def test_table1_rows_count_model_evaluations_and_seconds(tmp_path):
+  """One row per evaluated folder; guidance doubles evaluations, students don't."""
+  guided = {"kind": "constant", "w": 2.0, "high": 15.0, "low": 1.0}
+  unguided = dict(guided, w=0.0)
+  runs = {
+    "a_undistilled": {
+      "base": dict(steps=256, guidance=guided, distilled=False),
+      "tsr1": dict(steps=128, guidance=unguided, distilled=False),
+    },
+    "b_distilled": {
+      "base": dict(steps=8, guidance=guided, distilled=True),
+      "tsr1": dict(steps=8, guidance=unguided, distilled=True),
+    },
+  }
+  for name, stages in runs.items():
+    folder = tmp_path / name
+    folder.mkdir()
+    records = [
+      dict(index=i, prompt="p", files={}, stages=stages, seconds=0.5 + i)
+      for i in range(2)
+    ]
+    (folder / "samples.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in records)
+    )
+    metrics = {
+      f"alignment/{p}": {"samples": 0.5, "ground_truth": 0.9} for p in demo._PARTS
+    }
+    metrics["fvd"] = {"samples": 123.4}
+    (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+  rows = demo.table(str(tmp_path)).splitlines()
+  assert len(rows) == 5 and rows[-1].startswith("| ground truth |")
+  a, b = (r.split(" | ") for r in rows[2:4])
+  assert a[1:3] == ["256/128", "w=2"] and b[1] == "8/8"
+  assert a[-1] == "640 |" and b[-1] == "16 |"  # 2 * 256 + 128; 8 + 8.
+  assert a[-2] == "64.0" and a[-3] == "123.4"  # 64 * mean(0.5, 1.5) seconds.

@@ -310,6 +310,7 @@ def distill_args(teacher, workdir, data_dir, *overrides):
     "--config.batch_size=4",
     "--config.log_every=1",
     "--config.ckpt_every=2",
+    "--config.keep_ckpts=10",
     "--config.distill.guidance_steps=4",
     "--config.distill.round_steps=6",
     *overrides,
