@@ -17,18 +17,18 @@ its step and repeats the uninterrupted run exactly.
 
 import concurrent.futures
 import os
-import signal
 
 import jax
 import numpy as np
 from absl import app, flags, logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from ml_collections import config_flags
 
 from imagen_video_jax import (
   checkpointing,
   distill_lib,
   input_pipeline,
+  run_lib,
   sharding,
   train_lib,
 )
@@ -61,17 +61,10 @@ def main(argv):
   # ------------------------------------------------------------------------ #
   if _MULTIHOST.value:
     jax.distributed.initialize()
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.logical_rules(config.logical_axis_rules)
-  sharding.check_batch_size(config.batch_size, mesh, rules)
+  mesh, rules = sharding.mesh_from_config(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  checkpointing.prepare_workdir(workdir, config)
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
-  preempted = []
-  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-  text_apply, text_params, text_shardings = train_lib.frozen_text_encoder(
+  writer, preempted = run_lib.open_run(config, workdir)
+  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules
   )
 
@@ -166,7 +159,7 @@ def main(argv):
     compiled = {}
     for key, future in futures.items():
       executable = future.result()
-      compiled[key] = executable, train_lib.compiled_flops(executable)
+      compiled[key] = executable, run_lib.compiled_flops(executable)
   sharding.wait_for_all_processes("distill_step_compiled")
   step = int(state["step"])
   del teacher_params
@@ -178,7 +171,7 @@ def main(argv):
   report = periodic_actions.ReportProgress(
     num_train_steps=config.total_steps, writer=writer, every_steps=config.log_every
   )
-  reporter = train_lib.Reporter(config, writer)
+  reporter = run_lib.Reporter(config, writer)
   while step < config.total_steps:
     r = distill_lib.round_of(all_rounds, step)
     if step == r.start and r.index > 0:
@@ -193,7 +186,7 @@ def main(argv):
     report(step)
     reporter(step, jax.device_get(metrics), flops)
 
-    stop = train_lib.all_agree(bool(preempted))
+    stop = run_lib.all_agree(bool(preempted))
     if step in (r.end, config.total_steps) or step % config.ckpt_every == 0 or stop:
       ckpt.save(
         step, state, data_iter, meta=distill_lib.checkpoint_meta(all_rounds, step)

@@ -115,7 +115,8 @@ def student_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   student.model.num_extra_scalars = 1  # The guidance weight w.
   student.total_steps = rounds(config.distill)[-1].end
   student.ema_decay = config.distill.ema_decay
-  student.distill.teacher = os.path.abspath(config.distill.teacher)
+  if config.distill.teacher:  # Recorded absolute: a resume must name the same.
+    student.distill.teacher = os.path.abspath(config.distill.teacher)
   return student
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -72,6 +73,19 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
     axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
     devices=devices,
   )
+
+
+def mesh_from_config(config: Any) -> tuple[Mesh, tuple[tuple[str, Any], ...]]:
+  """A stage config's mesh and logical-axis rules, its batch checked against them.
+
+  Raises:
+    ValueError: if config.batch_size does not split over the devices and hosts.
+  """
+  mesh = make_mesh(config.mesh)
+  rules = logical_rules(config.logical_axis_rules)
+  check_batch_size(config.batch_size, mesh, rules)
+  logging.info("Mesh %s over %d processes.", dict(mesh.shape), jax.process_count())
+  return mesh, rules
 
 
 def logical_rules(rules: Any = None) -> tuple[tuple[str, Any], ...]:

@@ -12,14 +12,13 @@ reads top to bottom: mesh -> workdir -> text encoder -> model and sharded state
 """
 
 import concurrent.futures
-import signal
 
 import jax
 from absl import app, flags, logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview, periodic_actions
 from ml_collections import config_flags
 
-from imagen_video_jax import checkpointing, input_pipeline, sharding, train_lib
+from imagen_video_jax import checkpointing, input_pipeline, run_lib, sharding, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Stage config, e.g. configs/ssr1.py:demo.", lock_config=True
@@ -46,27 +45,19 @@ def main(argv):
     jax.distributed.initialize(
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
     )
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.logical_rules(config.logical_axis_rules)
-  sharding.check_batch_size(config.batch_size, mesh, rules)
+  mesh, rules = sharding.mesh_from_config(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  logging.info("Mesh %s over %d processes.", dict(mesh.shape), jax.process_count())
 
   # ------------------------------------------------------------------------ #
   # Workdir, metric writers, SIGTERM.
   # ------------------------------------------------------------------------ #
-  checkpointing.prepare_workdir(workdir, config)
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
-  preempted = []
-  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  writer, preempted = run_lib.open_run(config, workdir)
 
   # ------------------------------------------------------------------------ #
   # Frozen text encoder (paper Sec. 2): applied inside the step, or None when
   # the data holds precomputed embeddings.
   # ------------------------------------------------------------------------ #
-  text_apply, text_params, text_shardings = train_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules
   )
 
@@ -127,7 +118,7 @@ def main(argv):
     compiled = {}
     for key, future in step_futures.items():
       executable = future.result()
-      compiled[key] = executable, train_lib.compiled_flops(executable)
+      compiled[key] = executable, run_lib.compiled_flops(executable)
       logging.info("Compiled the step for batch shapes %s.", dict(key))
   sharding.wait_for_all_processes("train_step_compiled")
   step = int(state["step"])
@@ -148,7 +139,7 @@ def main(argv):
     )
   # `compiled` holds one executable and its FLOPs/step (from the cost
   # analysis) per batch shape.
-  reporter = train_lib.Reporter(config, writer)
+  reporter = run_lib.Reporter(config, writer)
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(train_iter)
@@ -159,7 +150,7 @@ def main(argv):
       hook(step)
     reporter(step, jax.device_get(metrics), flops)
 
-    stop = train_lib.all_agree(bool(preempted))
+    stop = run_lib.all_agree(bool(preempted))
     if step % config.ckpt_every == 0 or step == config.total_steps or stop:
       ckpt.save(step, state, train_iter)
     if stop:

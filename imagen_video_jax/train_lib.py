@@ -1,13 +1,13 @@
 """The training step of one cascade stage and the pieces it is made of.
 
-`train.py` wires these to the mesh, the data and the checkpoints. Everything
-here is a pure function of arrays and configs: the model and optimizer from
-the config, the initial state, the train step (diffusion loss, text dropout,
-SR conditioning, clipped AdamW, EMA, skipping of non-finite steps), the
-per-logSNR-bucket loss report, and the peak FLOP/s table for MFU.
+`train.py` wires these to the mesh, the data and the checkpoints (with
+`run_lib`'s help). Everything here is a pure function of arrays and configs:
+the model and optimizer from the config, the initial state, the conditioning
+of a batch, the train step (diffusion loss, text dropout, SR conditioning,
+clipped AdamW, EMA, skipping of non-finite steps) and the per-logSNR-bucket
+loss sums. `distill_lib` builds its steps from the same pieces.
 """
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,28 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
-from jax.experimental import multihost_utils
 
-from imagen_video_jax import sharding
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import losses, schedules
-from imagen_video_jax.models import t5, text_encoder, video_unet
+from imagen_video_jax.models import t5, video_unet
 
 # Edges of the logSNR buckets the loss is reported in (lambda in [-20, 20]).
 LOGSNR_BUCKETS = (-20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
-
-# Dense bf16 peak FLOP/s per device, by substring of `jax.Device.device_kind`.
-PEAK_FLOPS = (
-  ("TPU v6", 918e12),
-  ("TPU v5p", 459e12),
-  ("TPU v5", 197e12),  # v5e / 'TPU v5 lite'.
-  ("TPU v4", 275e12),
-  ("TPU v3", 123e12),
-  ("H200", 989e12),
-  ("H100", 989e12),
-  ("A100", 312e12),
-)
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int):
@@ -163,41 +148,6 @@ def bucket_sums(loss: jax.Array, logsnr: jax.Array) -> tuple[jax.Array, jax.Arra
   index = jnp.clip(jnp.searchsorted(edges, logsnr, side="right") - 1, 0, len(edges) - 2)
   onehot = jax.nn.one_hot(index, len(edges) - 1, dtype=jnp.float32)
   return onehot.T @ loss.astype(jnp.float32), onehot.sum(0)
-
-
-def bucket_names() -> list[str]:
-  """Metric names of the buckets, e.g. 'loss_logsnr[-5,0)'."""
-  e = LOGSNR_BUCKETS
-  return [f"loss_logsnr[{e[i]:g},{e[i + 1]:g})" for i in range(len(e) - 1)]
-
-
-def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
-  """Means of loss and grad norm over host metrics of steps, and bucket losses."""
-  if not history:
-    return {}
-  out = {k: float(np.mean([m[k] for m in history])) for k in ("loss", "grad_norm")}
-  sums = np.sum([m["bucket_sums"] for m in history], 0)
-  counts = np.sum([m["bucket_counts"] for m in history], 0)
-  for name, s, c in zip(bucket_names(), sums, counts):
-    if c:
-      out[name] = float(s / c)
-  return out
-
-
-def peak_flops_per_device(config: ml_collections.ConfigDict) -> float:
-  """config.peak_flops, else the table's entry for the device kind (0 unknown)."""
-  if config.get("peak_flops"):
-    return float(config.peak_flops)
-  kind = jax.devices()[0].device_kind
-  return next((f for name, f in PEAK_FLOPS if name in kind), 0.0)
-
-
-def compiled_flops(compiled: Any) -> float:
-  """FLOPs of one call of a compiled (per-device SPMD) program; 0 if unknown."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list | tuple):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
 
 
 # --------------------------------------------------------------------------- #
@@ -467,86 +417,3 @@ def synthetic_batch(
   return {
     k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in batch.items()
   }
-
-
-# --------------------------------------------------------------------------- #
-# Pieces of the binaries' loops (train.py, distill.py).
-# --------------------------------------------------------------------------- #
-def frozen_text_encoder(
-  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: Any
-) -> tuple[Callable[..., jax.Array] | None, Any, Any]:
-  """The frozen T5 (paper Sec. 2), its params placed by their logical axes.
-
-  Returns:
-    (apply, params, shardings); all None when the data holds precomputed
-    embeddings (config.text.precomputed).
-  """
-  if config.text.precomputed:
-    return None, None, None
-  encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
-  ones = jnp.ones((1, 1), jnp.int32)
-  shardings = sharding.logical_shardings(
-    jax.eval_shape(encoder.model.init, jax.random.key(0), ones, ones > 0)["params"],
-    mesh,
-    rules,
-  )
-  return encoder.apply, jax.device_put(encoder.params, shardings), shardings
-
-
-class Reporter:
-  """Host side of the metrics: skipped steps, means, speed, written by clu.
-
-  Call once per step with the step's host metrics and the compiled program's
-  FLOPs. Every `config.log_every` steps (and at the last) it writes the means
-  of loss, grad norm and the per-logSNR-bucket losses, the learning rate,
-  examples/s, TFLOP/s per device and MFU. Timing starts after the first
-  (compiling) step.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, writer: Any):
-    self.config, self.writer = config, writer
-    self.peak = peak_flops_per_device(config)
-    self.history, self.bad_streak, self.bad_total = [], 0, 0
-    self.t_last, self.steps_timed, self.flops_timed = None, 0, 0.0
-
-  def __call__(self, step: int, metrics: dict[str, Any], flops: float) -> None:
-    """Raises RuntimeError after config.max_bad_steps non-finite steps in a row."""
-    config = self.config
-    if metrics["finite"]:
-      self.bad_streak = 0
-      self.history.append(metrics)
-    else:
-      self.bad_streak, self.bad_total = self.bad_streak + 1, self.bad_total + 1
-      logging.warning("Step %d: non-finite loss or gradient; update skipped.", step)
-      if self.bad_streak >= config.max_bad_steps:
-        raise RuntimeError(
-          f"{self.bad_streak} non-finite steps in a row (config.max_bad_steps="
-          f"{config.max_bad_steps}) at step {step}; stopping."
-        )
-    if self.t_last is None:  # Timing starts after a compiling step.
-      self.t_last, self.steps_timed, self.flops_timed = time.perf_counter(), 0, 0.0
-    else:
-      self.steps_timed, self.flops_timed = (
-        self.steps_timed + 1,
-        self.flops_timed + flops,
-      )
-    if step % config.log_every == 0 or step == config.total_steps:
-      out = summarize(self.history) | dict(
-        bad_steps_total=self.bad_total, lr=float(metrics["lr"])
-      )
-      if self.steps_timed:
-        dt = time.perf_counter() - self.t_last
-        out["examples_per_sec"] = self.steps_timed * config.batch_size / dt
-        out["tflops_per_device"] = self.flops_timed / dt / 1e12
-        if self.peak:
-          out["mfu"] = out["tflops_per_device"] * 1e12 / self.peak
-        self.t_last, self.steps_timed, self.flops_timed = time.perf_counter(), 0, 0.0
-      self.writer.write_scalars(step, out)
-      self.history = []
-
-
-def all_agree(flag: bool) -> bool:
-  """True when any process says so (every host must stop on SIGTERM together)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.int32(flag)).max())

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import config_utils, distill_lib, sharding, train_lib
+from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
 
 _STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
@@ -58,7 +58,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
   sharding.check_batch_size(config.batch_size, mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  text_apply, text_params, _ = train_lib.frozen_text_encoder(config, mesh, rules)
+  text_apply, text_params, _ = run_lib.frozen_text_encoder(config, mesh, rules)
   model = train_lib.make_model(config)
   if program == "train":
     tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
@@ -92,7 +92,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     train_lib.synthetic_batch(config, config.batch_size), mesh
   )
   compiled = step_fn.lower(state, batch, text_params, *extra).compile()
-  flops = train_lib.compiled_flops(compiled)
+  flops = run_lib.compiled_flops(compiled)
   state, metrics = compiled(state, batch, text_params, *extra)  # Warm-up.
   jax.block_until_ready(metrics)
   start = time.perf_counter()
@@ -100,7 +100,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     state, metrics = compiled(state, batch, text_params, *extra)
   jax.block_until_ready((state, metrics))
   seconds = (time.perf_counter() - start) / _STEPS.value
-  peak = train_lib.peak_flops_per_device(config)
+  peak = run_lib.peak_flops_per_device(config)
   tflops = flops / seconds / 1e12
   return dict(
     steps_per_sec=1.0 / seconds,
