@@ -402,6 +402,8 @@ def test_distilled_cascade_samples_end_to_end(distilled_run, teachers, tmp_path)
   cascade = config_utils.load_config("configs/cascade.py:runlocal,distilled=all")
   cascade.workdir_root = str(root)
   cascade.stages.base.guidance.high = 2.0  # Inside the runlocal students' [0, 15].
+  for name in ("tsr1", "ssr1"):  # Students of an unguided stage (w_max = 0).
+    cascade.stages[name].guidance.update(kind="constant", w=0.0)
   records = sample.sample(
     cascade,
     prompts_path=str(prompts),
