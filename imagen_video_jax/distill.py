@@ -135,7 +135,10 @@ def main(argv):
   specs = data_iter.batch_specs()
   scalar = jax.ShapeDtypeStruct((), "int32")
   with concurrent.futures.ThreadPoolExecutor(len(specs) * len(kinds) + 1) as pool:
-    compile_init = sharding.jit_init(init_fn, state_shardings).lower(rng_init).compile
+
+    def compile_init():  # Lowered only for a fresh run.
+      return sharding.jit_init(init_fn, state_shardings).lower(rng_init).compile()
+
     init_future = pool.submit(compile_init) if not done else None
     futures = {
       (kind, input_pipeline.batch_key(spec)): pool.submit(
@@ -188,9 +191,7 @@ def main(argv):
 
     stop = run_lib.all_agree(bool(preempted))
     if step in (r.end, config.total_steps) or step % config.ckpt_every == 0 or stop:
-      ckpt.save(
-        step, state, data_iter, meta=distill_lib.checkpoint_meta(all_rounds, step)
-      )
+      ckpt.save(step, state, data_iter, meta=distill_lib.student_meta(all_rounds, step))
     if stop:
       logging.warning("SIGTERM: saved step %d, exiting.", step)
       break

@@ -23,6 +23,7 @@ import optax
 from flax import traverse_util
 
 from imagen_video_jax import checkpointing, train_lib
+from imagen_video_jax.cascade import pipeline
 from imagen_video_jax.diffusion import distillation, guidance, losses, schedules
 from imagen_video_jax.diffusion import parameterizations as param_lib
 from imagen_video_jax.models import video_unet
@@ -75,7 +76,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.distill.loss={d.loss!r}; expected one of {losses.LOSSES}."
     )
-  guidance.threshold(jnp.zeros((1, 1)), d.thresholding)  # Validates the name.
+  if d.thresholding not in guidance.THRESHOLDING:
+    raise ValueError(
+      f"config.distill.thresholding={d.thresholding!r}; expected one of "
+      f"{guidance.THRESHOLDING}."
+    )
 
 
 def rounds(distill: ml_collections.ConfigDict) -> list[Round]:
@@ -98,7 +103,7 @@ def round_of(all_rounds: list[Round], step: int) -> Round:
   return all_rounds[-1]
 
 
-def checkpoint_meta(all_rounds: list[Round], step: int) -> dict[str, Any]:
+def student_meta(all_rounds: list[Round], step: int) -> dict[str, Any]:
   """What a checkpoint after `step` steps holds: its round and sampling steps."""
   r = round_of(all_rounds, max(step - 1, 0))
   return dict(round=r.index, kind=r.kind, sampling_steps=r.steps)
@@ -144,7 +149,7 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[Any, int]:
     meta["stage"], checkpointing.stage_summary(config), f"{where}, step {step},"
   )
   params = checkpointing.restore_ema_params(workdir, step)
-  return (params["params"] if set(params) == {"params"} else params), step
+  return pipeline.as_variables(params)["params"], step
 
 
 def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -96,9 +96,7 @@ def test_rounds_and_what_each_checkpoint_samples_with():
     ("halving", 5, 8, 4),
     ("halving", 8, 11, 2),
   ]
-  meta = [
-    distill_lib.checkpoint_meta(rounds, s)["sampling_steps"] for s in (5, 6, 8, 11)
-  ]
+  meta = [distill_lib.student_meta(rounds, s)["sampling_steps"] for s in (5, 6, 8, 11)]
   assert meta == [None, 4, 4, 2]
 
 
@@ -244,6 +242,7 @@ def test_halving_round_matches_two_teacher_steps_better():
     (dict(guidance_steps=0), "guidance_steps=0"),
     (dict(round_steps=-1), "round_steps=-1"),
     (dict(loss="l1"), "distill.loss='l1'"),
+    (dict(thresholding="soft"), "distill.thresholding='soft'"),
   ],
 )
 def test_bad_distill_config_is_named(overrides, match):
@@ -387,7 +386,7 @@ def _students(teachers, distilled, root):
       workdir, stage=checkpointing.stage_summary(config), async_save=False
     )
     state = dict(params=params, opt_state={}, ema_params=params, step=0)
-    meta = distill_lib.checkpoint_meta(distill_lib.rounds(config.distill), 1)
+    meta = distill_lib.student_meta(distill_lib.rounds(config.distill), 1)
     assert ckpt.save(1, state, _NoData(), meta=dict(meta, sampling_steps=2))
     ckpt.close()
 
