@@ -9,12 +9,12 @@ Layout of a workdir:
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and
 renames it), `keep_ckpts` are kept, checkpoints whose params are not finite are
-never written, and a damaged latest checkpoint is reported and the one before
-it restored.
+never written. A damaged checkpoint (unreadable files) is moved, whole, to
+WORKDIR/damaged_checkpoints/<step> and the one before it restored, so that the
+run goes on and saves that step again; a checkpoint of another stage or
+network is a mismatch, reported as such, and nothing is moved.
 """
 
-import base64
-import dataclasses
 import json
 import logging
 import os
@@ -25,59 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+
+from imagen_video_jax import checkpoint_io, config_utils, sharding
 
 # Stage keys that must agree between a checkpoint and the config resuming it.
 _STAGE_KEYS = ("name", "frames", "height", "width")
-
-
-# --------------------------------------------------------------------------- #
-# The data iterator's state: one JSON file per process (as grain's handler).
-# --------------------------------------------------------------------------- #
-class DataStateHandler(ocp.CheckpointHandler):
-  """Saves `iterator.get_state()` (bytes or JSON-able) per process."""
-
-  def _path(self, directory: epath.Path) -> epath.Path:
-    return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-  def save(self, directory: epath.Path, args: "DataStateSave") -> None:
-    state = args.iterator.get_state()
-    if isinstance(state, bytes):
-      record = {"bytes": base64.b64encode(state).decode("ascii")}
-    else:
-      record = {"json": state}
-    directory.mkdir(parents=True, exist_ok=True)
-    self._path(directory).write_text(json.dumps(record))
-
-  def restore(self, directory: epath.Path, args: "DataStateRestore") -> Any:
-    path = self._path(directory)
-    if not path.exists():
-      raise ValueError(f"Data iterator state {path} does not exist.")
-    record = json.loads(path.read_text())
-    state = base64.b64decode(record["bytes"]) if "bytes" in record else record["json"]
-    args.iterator.set_state(state)
-    return args.iterator
-
-  def metadata(self, directory: epath.Path) -> None:
-    return None
-
-  def finalize(self, directory: epath.Path) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-  iterator: Any
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-  iterator: Any
 
 
 # --------------------------------------------------------------------------- #
@@ -116,12 +68,31 @@ def saved_config(
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Creates `workdir`, checks it is writable and holds this stage's config.json.
+  """Checks that `workdir` can hold this run, then writes its config.json.
+
+  Nothing in the workdir changes before every check has passed: the stage and
+  network of its config.json (or, without one, the stage its checkpoints
+  record) must be `config`'s, and the folder must be writable.
 
   Raises:
-    ValueError: naming the workdir if it cannot be written, or naming both
-      stages if it belongs to another stage.
+    ValueError: naming the workdir and both stages if it belongs to another
+      stage, each differing key with both values if it holds another network,
+      or the cause if it cannot be written.
   """
+  where = f"Workdir {workdir!r}"
+  saved = saved_config(workdir, config, where)
+  if saved is not None:
+    differ = config_utils.network_differences(saved, config)
+    if differ:
+      raise ValueError(
+        f"{where} was trained with another network (config.json ->"
+        f" this config): {'; '.join(differ)}. Resume with the saved values, or"
+        " start the new network in a new --workdir."
+      )
+  else:
+    stage = checkpoints_stage(workdir)
+    if stage is not None:
+      check_same_stage(stage, stage_summary(config), f"{where} (its checkpoints)")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
@@ -130,7 +101,6 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.remove(probe)
   except OSError as e:
     raise ValueError(f"Workdir {workdir!r} is not writable: {e}") from e
-  saved_config(workdir, config, f"Workdir {workdir!r}")
   if jax.process_index() == 0:
     path = os.path.join(workdir, "config.json")
     tmp = path + ".tmp"
@@ -139,9 +109,17 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.replace(tmp, path)  # Atomic: never a half-written config.json.
 
 
-def absolute(path: str) -> epath.Path:
-  """`path` made absolute (orbax refuses relative paths); URLs kept as they are."""
-  return epath.Path(path if "://" in path else os.path.abspath(path))
+def checkpoints_stage(workdir: str) -> dict[str, Any] | None:
+  """The stage recorded in the newest readable checkpoint's meta; None if none."""
+  if not (checkpoint_io.absolute(workdir) / "checkpoints").exists():
+    return None
+  with checkpoint_io.meta_manager(workdir) as manager:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return checkpoint_io.read_meta(manager, step)["stage"]
+      except checkpoint_io.DamagedCheckpointError:
+        continue
+  return None
 
 
 # --------------------------------------------------------------------------- #
@@ -154,7 +132,10 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 class Checkpointer:
-  """Saves and restores a run's train state, EMA, data state and stage."""
+  """Saves and restores a run's train state, EMA, data state and stage.
+
+  A context manager: leaving it, by any exit, waits for the pending saves.
+  """
 
   def __init__(
     self,
@@ -164,9 +145,9 @@ class Checkpointer:
     keep: int = 3,
     async_save: bool = True,
   ):
-    self.directory = absolute(workdir) / "checkpoints"
+    self.directory = checkpoint_io.absolute(workdir) / "checkpoints"
     self.stage = dict(stage)
-    self._last_saved = None
+    self._last_saved, self._closed = None, False
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -177,10 +158,22 @@ class Checkpointer:
       item_handlers={
         "state": ocp.PyTreeCheckpointHandler(),
         "ema_params": ocp.PyTreeCheckpointHandler(),
-        "data": DataStateHandler(),
+        "data": checkpoint_io.DataStateHandler(),
         "meta": ocp.JsonCheckpointHandler(),
       },
     )
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+      return
+    try:  # The error in flight is the one to report; this one is logged.
+      self.close()
+    except Exception as e:  # noqa: BLE001
+      logging.error("%s", e)
 
   def save(
     self,
@@ -208,7 +201,7 @@ class Checkpointer:
       args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(train),
         ema_params=ocp.args.PyTreeSave(state["ema_params"]),
-        data=DataStateSave(data_iterator),
+        data=checkpoint_io.DataStateSave(data_iterator),
         meta=ocp.args.JsonSave(dict(meta or {}, stage=self.stage, step=int(step))),
       ),
       force=True,
@@ -219,18 +212,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def _log_damaged(self, step: int, error: Exception) -> None:
-    logging.error(
-      "Checkpoint %s/%d is damaged (%s); trying older.",
-      self.directory,
-      step,
-      str(error)[:500],
-    )
-
   def restore(
     self, abstract_state: dict[str, Any], data_iterator: Any
   ) -> tuple[dict[str, Any], int] | None:
     """Restores the newest readable checkpoint; None when there is none.
+
+    Damaged checkpoints newer than it are moved to WORKDIR/damaged_checkpoints
+    (never deleted), so that the run saves those steps again.
 
     Args:
       abstract_state: tree of `jax.ShapeDtypeStruct`s with shardings, shaped as
@@ -238,43 +226,59 @@ class Checkpointer:
       data_iterator: restored in place with `set_state`.
 
     Returns:
-      (state, step) of the newest checkpoint that restores. A damaged
-      checkpoint is logged and the one before it tried.
+      (state, step) of the newest checkpoint that restores.
 
     Raises:
-      ValueError: if a checkpoint belongs to another stage (naming both).
+      ValueError: if a checkpoint belongs to another stage or network (naming
+        both), or if every checkpoint is damaged.
     """
-    steps = sorted(self.manager.all_steps(), reverse=True)
+    steps = self.manager.all_steps()
+    if not steps:
+      return None
     train = {k: v for k, v in abstract_state.items() if k != "ema_params"}
-    for step in steps:
-      try:
-        meta = self.manager.restore(
-          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-        )["meta"]
-      except Exception as e:  # Any read error means damage.
-        self._log_damaged(step, e)
-        continue
-      check_same_stage(meta["stage"], self.stage, f"Checkpoint {self.directory}/{step}")
-      try:
-        out = self.manager.restore(
+
+    def read(step):
+      where = f"Checkpoint {self.directory}/{step}"
+      check_same_stage(
+        checkpoint_io.read_meta(self.manager, step)["stage"], self.stage, where
+      )
+      with checkpoint_io.reading(self.directory, step):
+        saved = self.manager.item_metadata(step)["ema_params"].tree
+      checkpoint_io.check_same_network(saved, abstract_state["ema_params"], where)
+      with checkpoint_io.reading(self.directory, step):
+        return self.manager.restore(
           step,
           args=ocp.args.Composite(
             state=_pytree_restore(train),
             ema_params=_pytree_restore(abstract_state["ema_params"]),
-            data=DataStateRestore(data_iterator),
+            data=checkpoint_io.DataStateRestore(data_iterator),
           ),
         )
-      except Exception as e:  # Any read error means damage.
-        self._log_damaged(step, e)
-        continue
-      state = dict(out["state"], ema_params=out["ema_params"])
-      logging.info("Restored checkpoint %s/%d.", self.directory, step)
-      return state, step
-    if steps:
-      raise ValueError(
-        f"No readable checkpoint among steps {steps} in {self.directory}."
+
+    out, step, damaged = checkpoint_io.newest_readable(self.directory, steps, read)
+    for bad in damaged:
+      self._set_aside(bad)
+    if damaged:
+      self.manager.reload()
+    logging.info("Restored checkpoint %s/%d.", self.directory, step)
+    return dict(out["state"], ema_params=out["ema_params"]), step
+
+  def _set_aside(self, step: int) -> None:
+    """Moves damaged `step` to WORKDIR/damaged_checkpoints/<step> (or <step>.N)."""
+    if jax.process_index() == 0:
+      aside = self.directory.parent / "damaged_checkpoints"
+      aside.mkdir(parents=True, exist_ok=True)
+      target, n = aside / str(step), 0
+      while target.exists():
+        n += 1
+        target = aside / f"{step}.{n}"
+      (self.directory / str(step)).rename(target)
+      logging.error(
+        "Moved damaged checkpoint %s/%d to %s.", self.directory, step, target
       )
-    return None
+    if step == self._last_saved:  # Not this run's save any more.
+      self._last_saved = None
+    sharding.wait_for_all_processes(f"set_aside_{step}")
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
@@ -283,19 +287,32 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending saves, then checks the last one was finalised.
 
+    Closing twice is a no-op.
+
     Raises:
       RuntimeError: naming the directory if the last save is not on disk (an
         async save that failed in its background thread).
     """
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if self._closed:
+      return
+    self._closed = True
+    error = None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - reported below, after closing.
+      error = e
+    finally:
+      self.manager.close()  # Else orbax's threads die with the interpreter.
+    where = f"{self.directory}/{self._last_saved}"
+    if error is not None:
+      raise RuntimeError(f"Checkpoint {where} was not written: {error}") from error
     if (
       self._last_saved is not None
       and not (self.directory / str(self._last_saved)).exists()
     ):
       raise RuntimeError(
-        f"Checkpoint {self.directory}/{self._last_saved} was not written (the"
-        " async save failed; see the errors logged above)."
+        f"Checkpoint {where} was not written (the async save failed; see the"
+        " errors logged above)."
       )
 
 
@@ -305,25 +322,9 @@ def _pytree_restore(abstract: Any) -> ocp.args.PyTreeRestore:
   )
 
 
-def _read_only_manager(workdir: str, item: str, handler: Any) -> ocp.CheckpointManager:
-  """A read-only manager of WORKDIR/checkpoints for one item.
-
-  Raises:
-    ValueError: naming the directory if it does not exist.
-  """
-  directory = absolute(workdir) / "checkpoints"
-  if not directory.exists():
-    raise ValueError(f"No checkpoints in {str(directory)!r}.")
-  return ocp.CheckpointManager(
-    directory,
-    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-    item_handlers={item: handler},
-  )
-
-
 def latest_step(workdir: str) -> int | None:
   """The newest checkpoint step in WORKDIR/checkpoints (None if there is none)."""
-  with _read_only_manager(workdir, "meta", ocp.JsonCheckpointHandler()) as manager:
+  with checkpoint_io.meta_manager(workdir) as manager:
     return manager.latest_step()
 
 
@@ -333,41 +334,74 @@ def checkpoint_meta(workdir: str, step: int | None = None) -> dict[str, Any]:
   Raises:
     ValueError: naming the directory if it holds no checkpoint.
   """
-  with _read_only_manager(workdir, "meta", ocp.JsonCheckpointHandler()) as manager:
+  with checkpoint_io.meta_manager(workdir) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise ValueError(f"No checkpoints in {str(manager.directory)!r}.")
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-      "meta"
-    ]
+    return checkpoint_io.read_meta(manager, step)
 
 
-def restore_ema_params(workdir: str, step: int | None = None) -> Any:
-  """The EMA params of the latest (or `step`'s) checkpoint as host numpy arrays.
+def restore_ema(
+  workdir: str, step: int | None = None, *, stage: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+  """The EMA params (host numpy arrays) and meta of a checkpoint.
+
+  Without `step`, the newest readable checkpoint: a damaged one is logged and
+  the one before it read (the workdir is not changed).
 
   Args:
     workdir: a training workdir (holding `checkpoints/`).
-    step: checkpoint step; None for the latest.
+    step: checkpoint step; None for the newest readable.
+    stage: the stage (`stage_summary`) the checkpoint must belong to; checked
+      in its meta before any parameter is read.
 
   Returns:
-    The params pytree ({'params': ...} as the model's variables) of numpy arrays.
+    (params, meta): the params pytree ({'params': ...} as the model's
+    variables) of numpy arrays and the checkpoint's meta JSON.
 
   Raises:
-    ValueError: naming the directory if it holds no checkpoint.
+    ValueError: naming the directory if it holds no readable checkpoint, or
+      both stages if it belongs to another.
   """
-  with _read_only_manager(
-    workdir, "ema_params", ocp.PyTreeCheckpointHandler()
-  ) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
+  items = {
+    "meta": ocp.JsonCheckpointHandler(),
+    "ema_params": ocp.PyTreeCheckpointHandler(),
+  }
+  with checkpoint_io.read_only_manager(workdir, items) as manager:
+    steps = manager.all_steps() if step is None else [step]
+    if not steps:
       raise ValueError(f"No checkpoints in {str(manager.directory)!r}.")
-    metadata = manager.item_metadata(step)["ema_params"]
-    restore_args = jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree
+
+    def read(s):
+      meta = checkpoint_io.read_meta(manager, s)
+      if stage is not None:
+        check_same_stage(meta["stage"], stage, f"Checkpoint {manager.directory}/{s}")
+      with checkpoint_io.reading(manager.directory, s):
+        metadata = manager.item_metadata(s)["ema_params"]
+        restore_args = jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree
+        )
+        params = manager.restore(
+          s,
+          args=ocp.args.Composite(
+            ema_params=ocp.args.PyTreeRestore(restore_args=restore_args)
+          ),
+        )["ema_params"]
+      return params, meta
+
+    (params, meta), found, damaged = checkpoint_io.newest_readable(
+      manager.directory, steps, read
     )
-    return manager.restore(
-      step,
-      args=ocp.args.Composite(
-        ema_params=ocp.args.PyTreeRestore(restore_args=restore_args)
-      ),
-    )["ema_params"]
+    if damaged:
+      logging.warning(
+        "Using checkpoint %s/%d: the newer %s cannot be read.",
+        manager.directory,
+        found,
+        damaged,
+      )
+    return params, meta
+
+
+def restore_ema_params(workdir: str, step: int | None = None) -> Any:
+  """The EMA params of `restore_ema` alone."""
+  return restore_ema(workdir, step)[0]

@@ -253,3 +253,12 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
     ocp.multihost.sync_global_processes(
       name, timeout=timeout_s, processes=set(range(jax.process_count()))
     )
+
+
+def any_process(flag: bool) -> bool:
+  """True when any process says so (e.g. every host stops on a signal together)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.process_allgather(np.int32(flag)).max())

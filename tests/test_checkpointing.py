@@ -112,21 +112,87 @@ def test_restore_ema_params_gives_host_arrays(tmp_path):
     checkpointing.restore_ema_params(str(tmp_path / "elsewhere"))
 
 
-def test_damaged_latest_falls_back_to_previous(tmp_path, mesh):
+def damage(step_dir) -> None:
+  """Truncates the largest file of `state` and `ema_params` (a disk fault)."""
+  for item in ("state", "ema_params"):
+    files = [p for p in glob.glob(f"{step_dir}/{item}/**", recursive=True)]
+    largest = max((p for p in files if os.path.isfile(p)), key=os.path.getsize)
+    with open(largest, "r+b") as f:
+      f.truncate(10)
+
+
+def test_damaged_latest_is_moved_aside_and_the_run_saves_it_again(tmp_path, mesh):
   ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE, keep=3)
   ckpt.save(1, make_state(1.0), FakeIterator(position=1))
   ckpt.save(2, make_state(2.0), FakeIterator(position=2))
-  ckpt.wait()
-  for path in glob.glob(
-    str(tmp_path / "checkpoints" / "2" / "state" / "**"), recursive=True
-  ):
-    if os.path.isfile(path) and "_METADATA" not in path:
-      os.remove(path)  # The array data of the latest checkpoint is lost.
-  iterator = FakeIterator()
-  restored, step = ckpt.restore(abstract_of(make_state(), mesh), iterator)
   ckpt.close()
-  assert step == 1 and iterator.position == 1
-  assert_trees_equal(restored["params"], make_state(1.0)["params"])
+  for attempt in ("2", "2.1"):  # Damaged twice: both kept, neither deleted.
+    damage(tmp_path / "checkpoints" / "2")
+    with checkpointing.Checkpointer(str(tmp_path), stage=STAGE, keep=3) as ckpt:
+      iterator = FakeIterator()
+      restored, step = ckpt.restore(abstract_of(make_state(), mesh), iterator)
+      assert step == 1 and iterator.position == 1
+      assert_trees_equal(restored["params"], make_state(1.0)["params"])
+      assert (tmp_path / "damaged_checkpoints" / attempt / "state").is_dir()
+      assert ckpt.save(2, make_state(3.0), FakeIterator(position=3))
+  restored, step = checkpointing.Checkpointer(str(tmp_path), stage=STAGE).restore(
+    abstract_of(make_state(), mesh), FakeIterator()
+  )
+  assert step == 2
+  assert_trees_equal(restored["params"], make_state(3.0)["params"])
+
+
+def test_every_checkpoint_damaged_is_an_error_that_moves_nothing(tmp_path, mesh):
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    ckpt.save(1, make_state(), FakeIterator())
+  damage(tmp_path / "checkpoints" / "1")
+  with (
+    pytest.raises(ValueError, match=r"No readable checkpoint among steps \[1\]"),
+    checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt,
+  ):
+    ckpt.restore(abstract_of(make_state(), mesh), FakeIterator())
+  assert (tmp_path / "checkpoints" / "1").is_dir()
+  assert not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_another_network_is_a_mismatch_not_damage(tmp_path, mesh, caplog):
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    ckpt.save(1, make_state(), FakeIterator())
+  wider = make_state()
+  wider["ema_params"]["dense"]["bias"] = jnp.ones(5)
+  with (
+    pytest.raises(ValueError, match=r"another network.*\['bias'\]: \(3,\) vs \(5,\)"),
+    checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt,
+  ):
+    ckpt.restore(abstract_of(wider, mesh), FakeIterator())
+  assert "damaged" not in caplog.text
+  assert os.listdir(tmp_path) == ["checkpoints"]
+
+
+def test_restore_ema_falls_back_and_checks_the_stage(tmp_path, caplog):
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    ckpt.save(1, make_state(1.0), FakeIterator())
+    ckpt.save(2, make_state(2.0), FakeIterator())
+  damage(tmp_path / "checkpoints" / "2")
+  with caplog.at_level("WARNING"):
+    params, meta = checkpointing.restore_ema(str(tmp_path), stage=STAGE)
+  assert meta["step"] == 1 and "newer [2] cannot be read" in caplog.text
+  assert_trees_equal(params, make_state(1.0)["ema_params"])
+  assert (tmp_path / "checkpoints" / "2").is_dir()  # A reader changes nothing.
+  other = dict(STAGE, name="tsr1", frames=4)
+  with pytest.raises(ValueError, match=r"checkpoints/\d is from stage.*'base'.*'tsr1'"):
+    checkpointing.restore_ema(str(tmp_path), stage=other)
+
+
+def test_checkpointer_context_waits_for_the_pending_save_on_an_error(tmp_path):
+  with (
+    pytest.raises(RuntimeError, match="stopping"),
+    checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt,
+  ):
+    ckpt.save(3, make_state(), FakeIterator())
+    raise RuntimeError("stopping")  # As Reporter after max_bad_steps.
+  assert os.listdir(tmp_path / "checkpoints") == ["3"]
+  assert checkpointing.checkpoint_meta(str(tmp_path))["step"] == 3
 
 
 def test_non_finite_params_are_never_saved(tmp_path):
@@ -165,3 +231,33 @@ def test_unwritable_workdir_is_named(tmp_path):
   config = config_utils.load_config("configs/base.py:runlocal")
   with pytest.raises(ValueError, match="a_file/run"):
     checkpointing.prepare_workdir(str(blocker / "run"), config)
+
+
+def test_refused_restart_changes_nothing_and_names_the_keys(tmp_path):
+  base = config_utils.load_config("configs/base.py:runlocal")
+  checkpointing.prepare_workdir(str(tmp_path), base)
+  before = (tmp_path / "config.json").read_bytes()
+  wider = config_utils.load_config("configs/base.py:runlocal")
+  wider.model.base_channels, wider.text.max_length = 16, 32
+  with pytest.raises(
+    ValueError,
+    match=r"another network.*model.base_channels: 8 -> 16; text.max_length: 48 -> 32",
+  ):
+    checkpointing.prepare_workdir(str(tmp_path), wider)
+  assert (tmp_path / "config.json").read_bytes() == before
+  base.model.remat = "block"  # No parameter changes: a resume may.
+  checkpointing.prepare_workdir(str(tmp_path), base)
+
+
+def test_stage_of_the_checkpoints_is_checked_without_config_json(tmp_path):
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    ckpt.save(1, make_state(), FakeIterator())
+  tsr1 = config_utils.load_config("configs/tsr1.py:runlocal")
+  with pytest.raises(
+    ValueError, match=r"its checkpoints\) is from stage.*'base'.*'tsr1'"
+  ):
+    checkpointing.prepare_workdir(str(tmp_path), tsr1)
+  assert not (tmp_path / "config.json").exists()
+  checkpointing.prepare_workdir(
+    str(tmp_path), config_utils.load_config("configs/base.py:runlocal")
+  )
