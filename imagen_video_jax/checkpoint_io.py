@@ -91,7 +91,7 @@ def reading(directory: epath.Path, step: int) -> Iterator[None]:
     yield
   except Exception as e:  # Any read error means damage.
     raise DamagedCheckpointError(
-      f"Checkpoint {directory}/{step} is damaged ({str(e)[:300]})"
+      f"Checkpoint {directory}/{step} is damaged ({' '.join(str(e).split())[:300]})"
     ) from e
 
 

@@ -46,7 +46,7 @@ def check_same_stage(saved: dict[str, Any], current: dict[str, Any], where: str)
   current = {k: current.get(k) for k in _STAGE_KEYS}
   if saved != current:
     raise ValueError(
-      f"{where} is from stage {saved}, but the config trains stage {current}."
+      f"{where} is from stage {saved}, but the config is for stage {current}."
     )
 
 
@@ -153,6 +153,7 @@ class Checkpointer:
       options=ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=True,
+        cleanup_tmp_directories=True,  # What a killed save left: never a checkpoint.
         enable_async_checkpointing=async_save,
       ),
       item_handlers={
@@ -196,16 +197,23 @@ class Checkpointer:
       logging.error("Not saving step %d: the parameters are not finite.", step)
       return False
     train = {k: v for k, v in state.items() if k != "ema_params"}
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(train),
-        ema_params=ocp.args.PyTreeSave(state["ema_params"]),
-        data=checkpoint_io.DataStateSave(data_iterator),
-        meta=ocp.args.JsonSave(dict(meta or {}, stage=self.stage, step=int(step))),
-      ),
-      force=True,
-    )
+    try:  # Orbax first waits for the previous save, and raises its error.
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(train),
+          ema_params=ocp.args.PyTreeSave(state["ema_params"]),
+          data=checkpoint_io.DataStateSave(data_iterator),
+          meta=ocp.args.JsonSave(dict(meta or {}, stage=self.stage, step=int(step))),
+        ),
+        force=True,
+      )
+    except Exception as e:  # A full disk, a lost bucket: name the checkpoint.
+      failed = self._last_saved if self._last_saved is not None else step
+      self._last_saved = None  # Reported here; close() need not again.
+      raise OSError(
+        f"Checkpoint {self.directory}/{failed} was not written: {type(e).__name__}: {e}"
+      ) from e
     self._last_saved = step
     return True
 

@@ -4,8 +4,11 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
+from absl import logging
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -61,3 +64,79 @@ def network_differences(saved: dict, config: ml_collections.ConfigDict) -> list[
       if before[key] != now.get(key):
         out.append(f"{name}: {before[key]!r} -> {now.get(key)!r}")
   return out
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def check_run_config(
+  config: ml_collections.ConfigDict, *, optim: str = "optim"
+) -> None:
+  """Checks the values a training run steers by, before anything is written.
+
+  Args:
+    config: a stage config (train.py) or a student's (distill.py).
+    optim: the key of the optimizer config the run steps with
+      ('distill.optim' for distill.py).
+
+  Raises:
+    ValueError: naming every key out of range, with its value and the range.
+  """
+  errors = []
+
+  def need(key: str, ok: Callable[[Any], bool], what: str) -> None:
+    value = _get(config, key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not ok(value):
+      errors.append(f"config.{key}={value!r} must be {what}")
+
+  for key in ("total_steps", "batch_size", "ckpt_every", "log_every", "keep_ckpts"):
+    need(key, lambda v: v >= 1, ">= 1")
+  need("max_bad_steps", lambda v: v >= 1, ">= 1")
+  need(f"{optim}.learning_rate", lambda v: v > 0, "> 0")
+  steps = config.total_steps
+  need(
+    f"{optim}.warmup_steps", lambda v: 0 <= v <= steps, f"in [0, total_steps={steps}]"
+  )
+  for key in ("b1", "b2"):
+    need(f"{optim}.{key}", lambda v: 0 <= v < 1, "in [0, 1)")
+  need(f"{optim}.decay_fraction", lambda v: 0 <= v <= 1, "in [0, 1]")
+  for key in ("weight_decay", "grad_clip"):
+    need(f"{optim}.{key}", lambda v: v >= 0, ">= 0 (0 = off)")
+  need("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
+  need("diffusion.text_dropout", lambda v: 0 <= v <= 1, "in [0, 1]")
+  d = config.diffusion
+  need(
+    "diffusion.logsnr_max", lambda v: v > d.logsnr_min, f"> logsnr_min={d.logsnr_min}"
+  )
+  need(
+    "diffusion.aug_logsnr_max",
+    lambda v: v >= d.aug_logsnr_min,
+    f">= aug_logsnr_min={d.aug_logsnr_min}",
+  )
+  for key in ("profile_steps", "data.prefetch", "data.worker_count"):
+    need(key, lambda v: v >= 0, ">= 0")
+  for name, weight in config.data.mixture.items():
+    if not isinstance(weight, int | float) or not weight > 0:
+      errors.append(f"config.data.mixture[{name!r}]={weight!r} must be > 0")
+  if errors:
+    raise ValueError("Bad config: " + "; ".join(errors) + ".")
+
+  # Legal, but probably not what was meant.
+  weights = dict(config.data.mixture)
+  total = sum(weights.values())
+  if abs(total - 1) > 1e-6:
+    fractions = {k: round(v / total, 4) for k, v in weights.items()}
+    logging.warning(
+      "config.data.mixture weights sum to %g, not 1: renormalised to %s.",
+      total,
+      fractions,
+    )
+  if _get(config, f"{optim}.learning_rate") > 0.1:
+    logging.warning(
+      "config.%s.learning_rate=%g is far above Adam's usual 1e-5 to 1e-2.",
+      optim,
+      _get(config, f"{optim}.learning_rate"),
+    )

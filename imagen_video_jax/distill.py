@@ -11,11 +11,12 @@ config.json says that the model takes w; each checkpoint's meta, for which
 step count). The script reads top to bottom as train.py does: config and
 teacher checks -> mesh -> workdir -> text encoder -> student and sharded state
 -> one step per round kind -> data and restore -> loop over the rounds
-(metrics, checkpoints, SIGTERM). A kill in any round resumes that round at
-its step and repeats the uninterrupted run exactly.
+(metrics, checkpoints, signals). A kill in any round resumes that round at
+its step and repeats the uninterrupted run exactly. Exit status as train.py's.
 """
 
 import concurrent.futures
+import contextlib
 import os
 
 import jax
@@ -26,6 +27,7 @@ from ml_collections import config_flags
 
 from imagen_video_jax import (
   checkpointing,
+  config_utils,
   distill_lib,
   input_pipeline,
   run_lib,
@@ -42,13 +44,14 @@ _MULTIHOST = flags.DEFINE_bool(
 )
 
 
-def main(argv):
+def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   del argv
   # ------------------------------------------------------------------------ #
   # The student's config, the teacher, and the workdir's own teacher: all
   # checked before anything is written.
   # ------------------------------------------------------------------------ #
   config, workdir = distill_lib.student_config(_CONFIG.value), _WORKDIR.value
+  config_utils.check_run_config(config, optim="distill.optim")
   if os.path.abspath(workdir) == config.distill.teacher:
     raise ValueError(f"--workdir={workdir!r} is the teacher's workdir.")
   teacher_params, config.distill.teacher_step = distill_lib.load_teacher(config)
@@ -57,13 +60,13 @@ def main(argv):
   logging.info("Rounds: %s", all_rounds)
 
   # ------------------------------------------------------------------------ #
-  # Processes, mesh, workdir, metric writers, SIGTERM.
+  # Processes, mesh, workdir, metric writers, signals.
   # ------------------------------------------------------------------------ #
   if _MULTIHOST.value:
     jax.distributed.initialize()
   mesh, rules = sharding.mesh_from_config(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  writer, preempted = run_lib.open_run(config, workdir)
+  writer, signals = run_lib.open_run(config, workdir, exits)
   text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules
   )
@@ -127,8 +130,10 @@ def main(argv):
     for kind in distill_lib.KINDS
   }
   data_iter = input_pipeline.create_iterator(config, mesh=mesh)
-  ckpt = checkpointing.Checkpointer(
-    workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+  ckpt = exits.enter_context(  # Every exit waits for the pending saves.
+    checkpointing.Checkpointer(
+      workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+    )
   )
   done = ckpt.latest_step() or 0
   kinds = {r.kind for r in all_rounds if r.end > done}
@@ -175,6 +180,7 @@ def main(argv):
     num_train_steps=config.total_steps, writer=writer, every_steps=config.log_every
   )
   reporter = run_lib.Reporter(config, writer)
+  signals.loop_started()  # From here a signal saves the step first.
   while step < config.total_steps:
     r = distill_lib.round_of(all_rounds, step)
     if step == r.start and r.index > 0:
@@ -189,18 +195,15 @@ def main(argv):
     report(step)
     reporter(step, jax.device_get(metrics), flops)
 
-    stop = run_lib.all_agree(bool(preempted))
+    stop = signals.stop()
     if step in (r.end, config.total_steps) or step % config.ckpt_every == 0 or stop:
       ckpt.save(step, state, data_iter, meta=distill_lib.student_meta(all_rounds, step))
     if stop:
-      logging.warning("SIGTERM: saved step %d, exiting.", step)
+      logging.warning("Stopped: saving step %d, exit status %d.", step, signals.status)
       break
-
-  ckpt.close()
-  writer.flush()
-  writer.close()
+  return signals.status
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(run_lib.main_of(main))

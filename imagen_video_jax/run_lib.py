@@ -1,12 +1,23 @@
 """What the training and distillation binaries share around their steps.
 
-`train.py` and `distill.py` both prepare the workdir and clu's writer, catch
-SIGTERM, place the frozen text encoder, report host metrics (means, per-logSNR
-bucket losses, speed, TFLOP/s and MFU from the compiled step's cost analysis)
-and agree across hosts when to stop.
+`train.py` and `distill.py` both run under `main_of` (signals, one-line errors,
+pending saves awaited on every exit), prepare the workdir and clu's writer,
+place the frozen text encoder, report host metrics (means, per-logSNR bucket
+losses, speed, TFLOP/s and MFU from the compiled step's cost analysis) and
+agree across hosts when to stop.
+
+Exit status: 0 when the run finished, 1 on an error (one line in the log),
+130 after SIGINT (Ctrl-C) and 143 after SIGTERM (preemption), whether the
+signal came in the loop (the step is saved first) or during start-up (nothing
+new to save: the process exits at once).
 """
 
+import contextlib
+import glob
+import logging as std_logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +28,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers
-from jax.experimental import multihost_utils
 
 from imagen_video_jax import checkpointing, sharding, train_lib
 from imagen_video_jax.models import text_encoder
@@ -70,19 +80,119 @@ def compiled_flops(compiled: Any) -> float:
   return float((cost or {}).get("flops", 0.0))
 
 
-def open_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list]:
-  """Prepares the workdir (config.json) and returns clu's writer and a SIGTERM flag.
+# --------------------------------------------------------------------------- #
+# Exits: signals, errors, pending saves.
+# --------------------------------------------------------------------------- #
+class Signals:
+  """SIGINT (Ctrl-C) and SIGTERM (a preemption notice) of a training binary.
 
-  The flag is a list that SIGTERM appends to (a preemption notice): the loop
-  saves and stops at the next step.
+  Before `loop_started` a signal exits the process at once with 128 + signum:
+  start-up (restore, compile) made nothing a save would keep, and a compile
+  can take minutes. In the loop the handler only records it; `stop()` turns
+  true on every host at the next step, the loop saves and returns `status`
+  (130 or 143). A second signal exits at once.
+  """
+
+  def __init__(self):
+    self.signum, self.looping, self.stopped = None, False, False
+
+  def install(self) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signum, self._handle)
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if not self.looping or self.signum is not None:
+      logging.warning(
+        "%s: nothing new to save; exiting with status %d.", name, 128 + signum
+      )
+      logging.flush()
+      os._exit(128 + signum)  # Compiling threads would hold a normal exit.
+    logging.warning("%s: saving at the next step, then exiting.", name)
+    self.signum = signum
+
+  def loop_started(self) -> None:
+    self.looping = True
+
+  def stop(self) -> bool:
+    """True from the step at which any host has seen a signal (all agree)."""
+    self.stopped = self.stopped or sharding.any_process(self.signum is not None)
+    return self.stopped
+
+  @property
+  def status(self) -> int:
+    """0, or 128 + the signal (SIGTERM on a host that saw none) after a stop."""
+    return 128 + (self.signum or signal.SIGTERM) if self.stopped else 0
+
+
+SIGNALS = Signals()  # Signals are per process.
+# Errors of bad input or of the environment (a full disk, max_bad_steps, a
+# failed save): one line each. Other exceptions are bugs and keep their traceback.
+REPORTED_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+def _quiet_closed_loop(unraisable: Any) -> None:
+  """Drops orbax's 'Event loop is closed' after a failed read or save.
+
+  When one array read or write fails, orbax closes its asyncio loop while
+  tensorstore still completes the others; each completion then raises this in
+  a tensorstore thread, as an unraisable exception: tens of tracebacks after
+  the one error that matters. Any other unraisable exception is printed.
+  """
+  e = unraisable.exc_value
+  if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
+def main_of(
+  binary: Callable[[list[str], contextlib.ExitStack], int | None],
+  *,
+  signals: bool = True,
+) -> Callable[[list[str]], int]:
+  """`binary(argv, exits)` as absl's main, returning the exit status.
+
+  `binary` enters what must close on every exit into `exits` (the
+  checkpointer, whose close waits for pending saves; the metric writer). A
+  REPORTED_ERRORS error is logged as one line, after `exits` has closed, and
+  gives status 1; `signals` installs `SIGNALS`.
+  """
+
+  def main(argv: list[str]) -> int:
+    if signals:
+      SIGNALS.install()
+    sys.unraisablehook = _quiet_closed_loop
+    try:
+      with contextlib.ExitStack() as exits:
+        return binary(argv, exits) or 0
+    except REPORTED_ERRORS as e:
+      logging.error("%s: %s", type(e).__name__, " ".join(str(e).split())[:2000])
+      # What orbax's tasks left unretrieved is this error again, at exit.
+      std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+      logging.flush()
+      sys.stderr.flush()
+      return 1
+    except KeyboardInterrupt:  # Only without `signals`.
+      logging.error("Interrupted.")
+      return 128 + signal.SIGINT
+
+  return main
+
+
+def open_run(
+  config: ml_collections.ConfigDict, workdir: str, exits: contextlib.ExitStack
+) -> tuple[Any, Signals]:
+  """Prepares the workdir (config.json); returns clu's writer and `SIGNALS`.
+
+  The writer is closed (flushed) by `exits` on every exit.
   """
   checkpointing.prepare_workdir(workdir, config)
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0
   )
-  preempted = []
-  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-  return writer, preempted
+  exits.callback(writer.close)
+  return writer, SIGNALS
 
 
 def frozen_text_encoder(
@@ -158,8 +268,19 @@ class Reporter:
       self.history = []
 
 
-def all_agree(flag: bool) -> bool:
-  """True when any process says so (every host must stop on SIGTERM together)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.int32(flag)).max())
+def logged_scalars(workdir: str, tag: str, files: Any = None) -> dict[int, float]:
+  """step -> `tag`'s value, read back from the run's TensorBoard event files.
+
+  Values are exact (float32). A step logged by several runs (after a kill and
+  a restart) keeps the value of the newest file.
+  """
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+
+  out = {}
+  for path in sorted(files or glob.glob(os.path.join(workdir, "events.out.*"))):
+    for event in event_file_loader.EventFileLoader(path).Load():
+      for value in event.summary.value:
+        if value.tag == tag:
+          out[event.step] = float(tensor_util.make_ndarray(value.tensor))
+  return out

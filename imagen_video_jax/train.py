@@ -8,17 +8,29 @@ Each stage (base, tsr1, ssr1, ...) is its own job, steered by its config:
 On a TPU pod every worker runs the same command (launch/tpu.sh); locally,
 `launch/multihost.sh` starts several processes that simulate hosts. The script
 reads top to bottom: mesh -> workdir -> text encoder -> model and sharded state
--> train step -> data and restore -> loop (metrics, checkpoints, SIGTERM).
+-> train step -> data and restore -> loop (metrics, checkpoints, signals).
+
+Exit status (run_lib): 0 finished, 1 an error (one line in the log), 130 after
+SIGINT and 143 after SIGTERM (the step is saved first; during start-up there is
+nothing new to save and the process exits at once).
 """
 
 import concurrent.futures
+import contextlib
 
 import jax
 from absl import app, flags, logging
 from clu import parameter_overview, periodic_actions
 from ml_collections import config_flags
 
-from imagen_video_jax import checkpointing, input_pipeline, run_lib, sharding, train_lib
+from imagen_video_jax import (
+  checkpointing,
+  config_utils,
+  input_pipeline,
+  run_lib,
+  sharding,
+  train_lib,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Stage config, e.g. configs/ssr1.py:demo.", lock_config=True
@@ -34,9 +46,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def main(argv):
+def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
+  config_utils.check_run_config(config)  # Before anything is written.
 
   # ------------------------------------------------------------------------ #
   # Processes and the device mesh.
@@ -49,9 +62,9 @@ def main(argv):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   # ------------------------------------------------------------------------ #
-  # Workdir, metric writers, SIGTERM.
+  # Workdir, metric writers, signals.
   # ------------------------------------------------------------------------ #
-  writer, preempted = run_lib.open_run(config, workdir)
+  writer, signals = run_lib.open_run(config, workdir, exits)
 
   # ------------------------------------------------------------------------ #
   # Frozen text encoder (paper Sec. 2): applied inside the step, or None when
@@ -92,8 +105,10 @@ def main(argv):
   # EMA, iterator position) loads.
   # ------------------------------------------------------------------------ #
   train_iter = input_pipeline.create_iterator(config, mesh=mesh)
-  ckpt = checkpointing.Checkpointer(
-    workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+  ckpt = exits.enter_context(  # Every exit waits for the pending saves.
+    checkpointing.Checkpointer(
+      workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+    )
   )
   specs = train_iter.batch_specs()
 
@@ -140,6 +155,7 @@ def main(argv):
   # `compiled` holds one executable and its FLOPs/step (from the cost
   # analysis) per batch shape.
   reporter = run_lib.Reporter(config, writer)
+  signals.loop_started()  # From here a signal saves the step first.
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = next(train_iter)
@@ -150,18 +166,15 @@ def main(argv):
       hook(step)
     reporter(step, jax.device_get(metrics), flops)
 
-    stop = run_lib.all_agree(bool(preempted))
+    stop = signals.stop()
     if step % config.ckpt_every == 0 or step == config.total_steps or stop:
       ckpt.save(step, state, train_iter)
     if stop:
-      logging.warning("SIGTERM: saved step %d, exiting.", step)
+      logging.warning("Stopped: saving step %d, exit status %d.", step, signals.status)
       break
-
-  ckpt.close()
-  writer.flush()
-  writer.close()
+  return signals.status
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(run_lib.main_of(main))

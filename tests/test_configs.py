@@ -24,6 +24,8 @@ def test_options_override_and_unknown_key_is_an_error():
     config_utils.load_config("configs/base.py:paper,bogus=1")
   with pytest.raises(ValueError, match="nonsense"):
     config_utils.load_config("configs/base.py:nonsense")
+  with pytest.raises(ValueError, match=r"option batch='abc' in 'demo,batch=abc'.*int"):
+    config_utils.load_config("configs/base.py:demo,batch=abc")
 
 
 def test_missing_config_file_is_named():
@@ -46,3 +48,49 @@ def test_crop_can_be_set_from_the_command_line():
   assert fv.config.stage.crop_frames == 4
   base = config_utils.load_config("configs/base.py:demo")
   assert base.stage.crop is None and base.stage.crop_frames is None
+
+
+@pytest.mark.parametrize("stage", common.STAGES)
+@pytest.mark.parametrize("variant", ["paper", "demo", "runlocal"])
+def test_every_stage_config_passes_the_run_checks(stage, variant):
+  config_utils.check_run_config(
+    config_utils.load_config(f"configs/{stage}.py:{variant}")
+  )
+
+
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("optim.learning_rate", -1e-3, r"optim.learning_rate=-0.001 must be > 0"),
+    ("total_steps", 0, r"total_steps=0 must be >= 1"),
+    ("batch_size", 0, r"batch_size=0 must be >= 1"),
+    ("ckpt_every", -5, r"ckpt_every=-5 must be >= 1"),
+    (
+      "optim.warmup_steps",
+      5000,
+      r"warmup_steps=5000 must be in \[0, total_steps=2000\]",
+    ),
+    ("diffusion.text_dropout", 1.5, r"text_dropout=1.5 must be in \[0, 1\]"),
+    ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
+    ("max_bad_steps", 0, r"max_bad_steps=0 must be >= 1"),
+  ],
+)
+def test_a_bad_run_value_is_named(key, value, message):
+  config = config_utils.load_config("configs/base.py:runlocal")
+  section, _, name = key.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=message):
+    config_utils.check_run_config(config)
+
+
+def test_mixture_weights_not_summing_to_one_are_renormalised_with_a_warning(caplog):
+  config = config_utils.load_config("configs/base.py:runlocal")
+  config.data.mixture["bouncing_digits/videos"] = 3.0
+  config.data.mixture["bouncing_digits/images"] = 1.0
+  with caplog.at_level("WARNING"):
+    config_utils.check_run_config(config)
+  assert "sum to 4, not 1: renormalised to" in caplog.text
+  assert "'bouncing_digits/videos': 0.75" in caplog.text
+  config.data.mixture["bouncing_digits/images"] = 0.0
+  with pytest.raises(ValueError, match=r"mixture\['bouncing_digits/images'\]=0.0"):
+    config_utils.check_run_config(config)

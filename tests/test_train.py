@@ -7,6 +7,7 @@ compilation cache makes the repeated runs of one config compile once.
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_checkpointing import damage
 
-from imagen_video_jax import config_utils, train_lib
+from imagen_video_jax import config_utils, run_lib, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
@@ -72,16 +74,7 @@ def run(args, env, log_path, timeout=600, module="imagen_video_jax.train") -> No
 
 def logged_losses(workdir, files=None) -> dict[int, float]:
   """step -> 'loss' from the TensorBoard event files (float32, exact)."""
-  from tensorboard.backend.event_processing import event_file_loader
-  from tensorboard.util import tensor_util
-
-  out = {}
-  for path in sorted(files or glob.glob(os.path.join(workdir, "events.out.*"))):
-    for event in event_file_loader.EventFileLoader(path).Load():
-      for value in event.summary.value:
-        if value.tag == "loss":
-          out[event.step] = float(tensor_util.make_ndarray(value.tensor))
-  return out
+  return run_lib.logged_scalars(str(workdir), "loss", files)
 
 
 def wait_for(predicate, proc, timeout=600, what=""):
@@ -169,10 +162,75 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, bouncing_digits_dir, compile_
     lambda: log.read_text().count("bad_steps_total=") >= 2, proc, what="two steps"
   )
   proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=300) == 0
+  assert proc.wait(timeout=300) == 143  # Not 0: a scheduler sees a stopped run.
   steps = [int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()]
   assert len(steps) == 1 and 2 <= steps[0] < 100000
   assert max(logged_losses(tmp_path)) == steps[0]
+
+
+@pytest.mark.slow
+def test_sigint_during_start_up_exits_at_once(tmp_path, bouncing_digits_dir):
+  """Nothing new to save while the step compiles: status 130 within seconds."""
+  log = tmp_path / "log.txt"
+  # A cache of its own: the compile must still be running when the signal comes.
+  proc = start(
+    train_args("base", tmp_path, bouncing_digits_dir),
+    train_env(str(tmp_path / "cache")),
+    log,
+  )
+  wait_for(lambda: "Load dataset info" in log.read_text(), proc, what="start-up")
+  sent = time.time()
+  proc.send_signal(signal.SIGINT)
+  assert proc.wait(timeout=30) == 130
+  assert time.time() - sent < 5
+  assert "SIGINT: nothing new to save" in log.read_text()
+  assert "Traceback" not in log.read_text()
+  assert not glob.glob(str(tmp_path / "checkpoints" / "*"))
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_is_moved_aside_and_repeated_bitwise(
+  straight_run, tmp_path, compile_cache
+):
+  """Step 30's files truncated: the run restores 20, trains 21-30 as before."""
+  args, straight, _ = straight_run
+  source = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
+  workdir = tmp_path / "run"
+  shutil.copytree(source, workdir)
+  damage(workdir / "checkpoints" / "30")
+  before = set(glob.glob(str(workdir / "events.out.*")))
+  args = [a for a in args if not a.startswith("--workdir")] + [f"--workdir={workdir}"]
+  run(args, train_env(compile_cache), tmp_path / "log.txt")
+  resumed = logged_losses(
+    workdir, set(glob.glob(str(workdir / "events.out.*"))) - before
+  )
+  assert resumed == {s: straight[s] for s in range(21, STEPS + 1)}  # Bitwise equal.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
+  assert os.listdir(workdir / "damaged_checkpoints") == ["30"]
+  assert "Moved damaged checkpoint" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_max_bad_steps_waits_for_the_save_and_reports_one_line(
+  tmp_path, bouncing_digits_dir, compile_cache
+):
+  # At lr 1e6 every step from the 4th is non-finite: stops at step 13, while
+  # the step-10 save is still being written.
+  args = train_args(
+    "base",
+    tmp_path,
+    bouncing_digits_dir,
+    "--config.optim.learning_rate=1e6",
+    "--config.ckpt_every=10",
+  )
+  log = tmp_path / "log.txt"
+  proc = start(args, train_env(compile_cache), log)
+  assert proc.wait(timeout=600) == 1
+  assert os.listdir(tmp_path / "checkpoints") == ["10"]
+  text = log.read_text()
+  errors = [line for line in text.splitlines() if line.startswith("E")]
+  assert len(errors) == 1 and "RuntimeError: 10 non-finite steps in a row" in errors[0]
+  assert "Traceback" not in text
 
 
 @pytest.mark.slow
