@@ -11,17 +11,25 @@ prompts and output folder, each stage's EMA parameters, the text embeddings
 batch by batch through every stage. Per sample it writes NNNN.mp4 (H.264 at the
 final stage's fps), NNNN.gif, NNNN.png (contact sheet), with --save_npy
 NNNN.npy (uint8 [T, H, W, 3]), and one line of samples.jsonl (prompt, seed,
-files, per-stage settings and seconds: its batch's wall time per sample; the
-stages compile before the first batch). Sample i uses the PRNG key of seed + i,
+files, per-stage settings, checkpoint step and seconds: its batch's wall time
+per sample; the stages compile before the first batch). Each stage loads its
+newest readable checkpoint (a damaged one is logged and the one before used),
+after checking the stage its meta records. With --overwrite the samples go to
+a temporary sibling folder and replace the previous ones only once all are
+written. Sample i uses the PRNG key of seed + i,
 so `--seed=S+i --num_samples=1` redraws it alone. One host: the batch is data
 parallel over that host's devices.
 """
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -31,7 +39,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from imagen_video_jax import checkpointing, config_utils, video_io
+from imagen_video_jax import checkpointing, config_utils, run_lib, video_io
 from imagen_video_jax.cascade import pipeline, stages
 from imagen_video_jax.models import text_encoder
 
@@ -92,26 +100,47 @@ def _tuples(tree: Any) -> Any:
 
 
 def _prepare_outdir(outdir: str, overwrite: bool) -> None:
-  """Creates `outdir`; refuses a non-empty one unless `overwrite` (then clears
-  the previous run's samples)."""
+  """Creates `outdir` and checks it can be written; refuses a non-empty one
+  unless `overwrite` (nothing in it changes here)."""
   if os.path.exists(outdir) and not os.path.isdir(outdir):
     raise ValueError(f"--outdir={outdir!r} exists and is not a folder.")
-  if os.path.isdir(outdir) and os.listdir(outdir):
-    if not overwrite:
-      raise ValueError(
-        f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it."
-      )
-    for name in os.listdir(outdir):
-      if _SAMPLE_FILE.match(name):
-        os.remove(os.path.join(outdir, name))
+  if os.path.isdir(outdir) and os.listdir(outdir) and not overwrite:
+    raise ValueError(f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it.")
   try:
     os.makedirs(outdir, exist_ok=True)
-    probe = os.path.join(outdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    # Written and removed in the parent too: an overwrite's samples go there first.
+    for folder in (outdir, os.path.dirname(os.path.abspath(outdir))):
+      probe = os.path.join(folder, f".write_test.{os.getpid()}")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
   except OSError as e:
     raise ValueError(f"--outdir={outdir!r} is not writable: {e}") from e
+
+
+@contextlib.contextmanager
+def _output_folder(outdir: str) -> Iterator[str]:
+  """The folder to write samples into: `outdir` when it is empty, else a
+  temporary sibling whose files replace the previous samples on success (and
+  which is removed on failure, leaving them as they were)."""
+  if not os.listdir(outdir):
+    yield outdir
+    return
+  outdir = os.path.abspath(outdir)
+  parent, name = os.path.split(outdir)
+  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
+  try:
+    yield staging
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  new = set(os.listdir(staging))
+  for file in new:  # Each replace is atomic: an old sample or a new one.
+    os.replace(os.path.join(staging, file), os.path.join(outdir, file))
+  for file in os.listdir(outdir):
+    if _SAMPLE_FILE.match(file) and file not in new:
+      os.remove(os.path.join(outdir, file))
+  os.rmdir(staging)
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
@@ -155,13 +184,23 @@ def sample(
   stages.check_chain(names, configs, from_video=bool(input_video))
   text_config = stages.check_text(names, configs)
   stages.check_augmentation(names, configs, [s.get("aug_logsnr") for s in settings])
-  for name, workdir, config, s in zip(names, workdirs, configs, settings):
+  for name, workdir in zip(names, workdirs):
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
       raise ValueError(f"Stage {name!r}: no checkpoint in {ckpt_dir!r}.")
-    student = config.model.num_extra_scalars > 0
-    meta = checkpointing.checkpoint_meta(workdir) if student else {}
+  # Each stage's EMA params (host numpy) and meta, its stage checked first: all
+  # read before anything is written.
+  ema, metas = [], []
+  for name, workdir, config, s in zip(names, workdirs, configs, settings):
+    try:
+      params, meta = checkpointing.restore_ema(
+        workdir, stage=checkpointing.stage_summary(config)
+      )
+    except (ValueError, OSError) as e:
+      raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e
     stages.check_student(name, config, s, meta.get("sampling_steps"), workdir)
+    ema.append(params)
+    metas.append(meta)
   logging.info("Cascade: %s", " -> ".join(names))
 
   # ------------------------------------------------------------------------ #
@@ -180,13 +219,8 @@ def sample(
   mesh = pipeline.make_mesh()
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  variables = []
-  for name, workdir in zip(names, workdirs):
-    try:
-      params = checkpointing.restore_ema_params(workdir)
-    except (ValueError, OSError, FileNotFoundError) as e:
-      raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e
-    variables.append(jax.device_put(pipeline.as_variables(params), replicated))
+  variables = [jax.device_put(pipeline.as_variables(p), replicated) for p in ema]
+  del ema
 
   # ------------------------------------------------------------------------ #
   # Text: encoded once, shared by all stages.
@@ -241,54 +275,59 @@ def sample(
   jobs = [p for p in range(len(prompts)) for _ in range(num_samples)]
   fps = float(configs[-1].stage.fps)
   stage_info = {
-    n: dict(s.to_dict(), workdir=w) for n, s, w in zip(names, settings, workdirs)
+    n: dict(s.to_dict(), workdir=w, checkpoint_step=m["step"])
+    for n, s, w, m in zip(names, settings, workdirs, metas)
   }
   records = []
   num_batches = -(-len(jobs) // batch)
-  for b, start in enumerate(range(0, len(jobs), batch)):
-    index = np.arange(start, start + batch)
-    real = index < len(jobs)
-    index = np.minimum(index, len(jobs) - 1)  # Pad with copies of the last job.
-    pidx = np.asarray(jobs)[index]
-    keys = np.stack([jax.random.PRNGKey(seed + int(i)) for i in index])
-    put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
-    emb, mask = put(text_emb[pidx]), put(text_mask[pidx])
-    video = None
-    if first_input is not None:
-      video = put(np.broadcast_to(first_input, (batch, *first_input.shape)))
-    seconds = {}
-    for s, (name, fn, st) in enumerate(zip(names, stage_fns, settings)):
-      # Keyed by the stage's place in the whole cascade: a stage draws the same
-      # noise whichever --stages run it.
-      fold = jax.vmap(jax.random.fold_in, (0, None))
-      stage_keys = put(np.asarray(fold(keys, cascade.order.index(name))))
-      bar = tqdm.tqdm(total=st.steps, desc=f"{name} {b + 1}/{num_batches}", leave=False)
-      t0 = time.perf_counter()
-      video = jax.block_until_ready(fn(variables[s], stage_keys, emb, mask, video))
-      seconds[name] = (time.perf_counter() - t0) / int(real.sum())
-      bar.close()
-      bar = None
-    out = video_io.to_uint8(jax.device_get(video))
-    for row in np.flatnonzero(real):
-      i = int(index[row])
-      files = video_io.write_sample(outdir, i, out[row], fps, save_npy=save_npy)
-      records.append(
-        dict(
-          index=i,
-          prompt=prompts[jobs[i]],
-          seed=seed + i,
-          files=files,
-          stages={n: dict(stage_info[n], seconds=seconds[n]) for n in names},
-          seconds=sum(seconds.values()),
-          **({"input_video": input_video} if input_video else {}),
+  with _output_folder(outdir) as writedir:
+    for b, start in enumerate(range(0, len(jobs), batch)):
+      index = np.arange(start, start + batch)
+      real = index < len(jobs)
+      index = np.minimum(index, len(jobs) - 1)  # Pad with copies of the last job.
+      pidx = np.asarray(jobs)[index]
+      keys = np.stack([jax.random.PRNGKey(seed + int(i)) for i in index])
+      put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
+      emb, mask = put(text_emb[pidx]), put(text_mask[pidx])
+      video = None
+      if first_input is not None:
+        video = put(np.broadcast_to(first_input, (batch, *first_input.shape)))
+      seconds = {}
+      for s, (name, fn, st) in enumerate(zip(names, stage_fns, settings)):
+        # Keyed by the stage's place in the whole cascade: a stage draws the same
+        # noise whichever --stages run it.
+        fold = jax.vmap(jax.random.fold_in, (0, None))
+        stage_keys = put(np.asarray(fold(keys, cascade.order.index(name))))
+        bar = tqdm.tqdm(
+          total=st.steps, desc=f"{name} {b + 1}/{num_batches}", leave=False
         )
-      )
-    _write_jsonl(os.path.join(outdir, "samples.jsonl"), records)
-    logging.info("Wrote %d/%d samples to %s", len(records), len(jobs), outdir)
+        t0 = time.perf_counter()
+        video = jax.block_until_ready(fn(variables[s], stage_keys, emb, mask, video))
+        seconds[name] = (time.perf_counter() - t0) / int(real.sum())
+        bar.close()
+        bar = None
+      out = video_io.to_uint8(jax.device_get(video))
+      for row in np.flatnonzero(real):
+        i = int(index[row])
+        files = video_io.write_sample(writedir, i, out[row], fps, save_npy=save_npy)
+        records.append(
+          dict(
+            index=i,
+            prompt=prompts[jobs[i]],
+            seed=seed + i,
+            files=files,
+            stages={n: dict(stage_info[n], seconds=seconds[n]) for n in names},
+            seconds=sum(seconds.values()),
+            **({"input_video": input_video} if input_video else {}),
+          )
+        )
+      _write_jsonl(os.path.join(writedir, "samples.jsonl"), records)
+      logging.info("Wrote %d/%d samples to %s", len(records), len(jobs), outdir)
   return records
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], exits: contextlib.ExitStack) -> None:
+  del exits  # Nothing to close: the output folder closes itself.
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   sample(
@@ -306,4 +345,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "prompts", "outdir"])
-  app.run(main)
+  app.run(run_lib.main_of(main, signals=False))  # Errors as one line, status 1.

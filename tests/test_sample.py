@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from test_checkpointing import damage
 
 from configs import common
 from imagen_video_jax import checkpointing, config_utils, sample, video_io
@@ -205,6 +207,8 @@ def test_prompt_file_errors(tmp_path):
     pipeline.read_prompts(str(empty))
   with pytest.raises(ValueError, match="does not exist"):
     pipeline.read_prompts(str(tmp_path / "missing.txt"))
+  with pytest.raises(ValueError, match="is a directory"):
+    pipeline.read_prompts(str(tmp_path))
 
 
 def test_long_prompts_warn(caplog):
@@ -341,6 +345,50 @@ def test_outdir_errors(runlocal_root, tmp_path, prompt_file):
     sample.sample(cascade, outdir=f"{tmp_path}/full", **kw)
 
 
+def _copy_stage(runlocal_root, name, to):
+  shutil.copytree(runlocal_root / name, to)
+  return to
+
+
+def test_overwrite_keeps_the_previous_samples_when_the_run_fails(
+  runlocal_root, tmp_path, prompt_file
+):
+  """A damaged checkpoint stops the run before any sample: the old ones stay."""
+  base = _copy_stage(runlocal_root, "base", tmp_path / "base")
+  damage(base / "checkpoints" / "1")
+  outdir = tmp_path / "samples"
+  outdir.mkdir()
+  (outdir / "0000.mp4").write_text("old")
+  with pytest.raises(ValueError, match=r"Stage 'base': cannot restore.*No readable"):
+    sample.sample(
+      _cascade(runlocal_root, base__workdir=str(base)),
+      prompts_path=prompt_file,
+      outdir=str(outdir),
+      stage_spec="base",
+      overwrite=True,
+    )
+  assert os.listdir(outdir) == ["0000.mp4"]
+  assert (outdir / "0000.mp4").read_text() == "old"
+  assert sorted(os.listdir(tmp_path)) == ["base", "prompts.txt", "samples"]
+
+
+def test_each_checkpoint_stage_is_checked_without_config_json(
+  runlocal_root, tmp_path, prompt_file
+):
+  """base pointed at tsr1's checkpoints: named before any parameter loads."""
+  workdir = _copy_stage(runlocal_root, "tsr1", tmp_path / "not_base")
+  os.remove(workdir / "config.json")
+  with pytest.raises(
+    ValueError, match=r"Stage 'base': cannot restore .*not_base.*'tsr1'.*'base'"
+  ):
+    sample.sample(
+      _cascade(runlocal_root, base__workdir=str(workdir)),
+      prompts_path=prompt_file,
+      outdir=str(tmp_path / "out"),
+      stage_spec="base",
+    )
+
+
 @pytest.mark.slow
 def test_end_to_end_writes_every_file_kind(runlocal_root, tmp_path, prompt_file):
   outdir = tmp_path / "samples"
@@ -381,6 +429,7 @@ def test_end_to_end_writes_every_file_kind(runlocal_root, tmp_path, prompt_file)
     with Image.open(outdir / files["png"]) as png:
       assert png.size == (4 * 10 + 2, 10 + 2)
   assert set(os.listdir(outdir)) == expected_files
+  assert os.listdir(tmp_path) == ["samples"]  # No staging folder left behind.
   # Different seeds give different videos.
   assert not np.array_equal(np.load(outdir / "0000.npy"), np.load(outdir / "0001.npy"))
 
