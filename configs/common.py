@@ -40,7 +40,13 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     elif default is None:
       out[key] = value
     else:
-      out[key] = type(default)(value)
+      try:
+        out[key] = type(default)(value)
+      except ValueError as e:
+        raise ValueError(
+          f"Config option {key}={value!r} in {arg!r} must be a"
+          f" {type(default).__name__}."
+        ) from e
   if out.variant not in ("paper", "demo", "runlocal"):
     raise ValueError(
       f"Unknown config variant {out.variant!r}; expected paper, demo or runlocal."

@@ -171,7 +171,8 @@ def captioned_files(
   """Sorted (relative path, path, caption) of the media files under `folder`.
 
   A caption comes from `folder/captions.jsonl` or a `.txt` beside the file;
-  files with neither (or an empty caption) are skipped as 'missing_caption'.
+  files with neither (or an empty caption) are skipped as 'missing_caption',
+  and captions.jsonl lines naming no file are counted as 'missing_file'.
   """
   folder = pathlib.Path(folder)
   extensions = tuple(e.lower() for e in extensions)
@@ -191,6 +192,11 @@ def captioned_files(
       found.append((rel, path, caption))
     else:
       skips.skip(split, rel, "missing_caption")
+  # A captions.jsonl line naming no media file here (moved, renamed, a typo).
+  listed = {rel for rel, _, _ in found}
+  for rel in sorted(set(captions) - listed):
+    if not (folder / rel).is_file():
+      skips.skip(split, f"{CAPTIONS_FILE}: {rel}", "missing_file")
   return found
 
 

@@ -151,6 +151,7 @@ def image_folder(tmp_path_factory):
   (test / "gray.txt").write_text("gray")
   lines = [{"file": "halves.png", "caption": "red and blue"}]
   lines.append({"file": "broken.png", "caption": "broken"})
+  lines.append({"file": "gone.png", "caption": "a moved file"})  # Not there.
   (train / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
   return root
 
@@ -172,8 +173,12 @@ def test_image_folder_resized(image_folder, tmp_path):
   assert (img[:, :7, 0] >= 250).all() and (img[:, 9:, 2] >= 250).all()
   assert (img[:, :7, 2] <= 5).all() and (img[:, 9:, 0] <= 5).all()
   assert np.abs(train["g.jpg"]["image"].astype(int) - (0, 255, 0)).max() <= 8
-  skipped = {"train": {"undecodable": 1, "missing_caption": 2}}
+  skipped = {"train": {"undecodable": 1, "missing_caption": 2, "missing_file": 1}}
   assert builder.info.metadata["skipped"] == skipped
+  assert (
+    "captions.jsonl: gone.png: missing_file"
+    in (builder.info.metadata["skipped_files"]["train"])
+  )
 
 
 def test_image_folder_native_size(image_folder, tmp_path):

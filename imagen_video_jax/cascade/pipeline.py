@@ -32,9 +32,11 @@ def read_prompts(path: str) -> list[str]:
   """One prompt per line (UTF-8); blank lines and `#` comments are skipped.
 
   Raises:
-    ValueError: if the file is missing, a line is not UTF-8 (naming the line),
-      or no prompt remains.
+    ValueError: if the file is missing or a directory, a line is not UTF-8
+      (naming the line), or no prompt remains.
   """
+  if os.path.isdir(path):
+    raise ValueError(f"Prompt file {path!r} is a directory, not a file of prompts.")
   if not os.path.isfile(path):
     raise ValueError(f"Prompt file {path!r} does not exist.")
   prompts = []
