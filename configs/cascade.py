@@ -127,6 +127,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stages = ml_collections.ConfigDict()
   for name in c.order:
     distilled = opts.distilled == "all" or (opts.distilled == "sr" and name != "base")
+    thresholding = "dynamic" if name in guides else "static"
+    if distilled and v == "demo":  # As the demo students' distill.thresholding.
+      thresholding = "static"
     c.stages[name] = stage(
       name,
       v,
@@ -134,7 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=(2 if v == "runlocal" else 8) if distilled else steps[name],
       guide=guides.get(name, constant).copy_and_resolve_references(),
       sampler="distilled" if distilled else "ancestral",
-      thresholding="dynamic" if name in guides else "static",
+      thresholding=thresholding,
       aug_logsnr=aug_logsnr,
       distilled=distilled,
     )

@@ -286,9 +286,11 @@ def distill_config(
   d.round_steps = {"paper": 50_000, "demo": 200}.get(variant, 4)  # Per halving.
   # Stage two's loss (Salimans & Ho); stage one uses diffusion.loss.
   d.loss = "truncated_snr"
-  # The teacher's x_hat in stage two is thresholded as configs/cascade.py samples
-  # the stage: dynamic when guided, static (clip to [-1, 1]) when not.
-  d.thresholding = "dynamic" if d.w_max > 0 else "static"  # Or 'none'.
+  # How the teacher's x_hat is thresholded in stage two's DDIM steps (and the
+  # student's when sampled): dynamic for the paper's high guidance weights; static
+  # (clip to [-1, 1]) where w is small, as the demo's: dynamic thresholding greys
+  # the demo teacher's DDIM samples (docs/EXPERIMENTS.md, 2026-12-02).
+  d.thresholding = "dynamic" if d.w_max > 4 else "static"  # Or 'none'.
   d.optim = optim.copy_and_resolve_references()  # A fresh optimizer every round.
   # A tenth of the demo's training rate: the student starts at a trained net.
   d.optim.learning_rate = 1e-4 if variant == "paper" else 3e-4
