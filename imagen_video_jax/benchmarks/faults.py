@@ -1,0 +1,320 @@
+r"""Fault drill: one runlocal stage trained through kills, signals and bad disks.
+
+  python -m imagen_video_jax.benchmarks.faults [--stage=base] [--steps=30] \
+    [--ckpt_every=10] [--kills=3] [--seed=0]
+
+Trains `configs/STAGE.py:runlocal` on a tiny bouncing_digits (built in a
+temporary folder) once without interruption, the reference, then once per
+fault in a fresh workdir, restarting after each fault until the run finishes:
+
+  sigkill       SIGKILL at --kills random steps after the first;
+  sigkill_save  SIGKILL while a checkpoint is being written, --kills times;
+  sigterm       SIGTERM after a random step (expect 143 and a saved step);
+  sigint        SIGINT (Ctrl-C) likewise (expect 130);
+  sigterm_start SIGTERM during start-up (expect 143 within seconds);
+  damaged       the reference's latest checkpoint truncated, then a restart;
+  full_disk     the workdir on a tmpfs too small for a checkpoint (expect 1
+                and one error line), grown, then a restart (skipped where a
+                tmpfs cannot be mounted);
+  refused       the finished reference restarted with another model (expect
+                1, one error line, the workdir unchanged).
+
+Per fault it prints the exit statuses, whether the run finished, whether
+every loss it logged equals the reference's bitwise, whether a file was lost
+(a checkpoint the reference keeps, config.json, or anything of a refused
+restart), and the error lines and tracebacks of its logs.
+"""
+
+import glob
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from imagen_video_jax import data_build, run_lib
+
+_STAGE = flags.DEFINE_string("stage", "base", "Stage config (runlocal variant).")
+_STEPS = flags.DEFINE_integer("steps", 30, "Training steps of each run.")
+_CKPT_EVERY = flags.DEFINE_integer("ckpt_every", 10, "Steps between checkpoints.")
+_KILLS = flags.DEFINE_integer("kills", 3, "SIGKILLs per kill fault.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Drill:
+  """Starts the trainer on workdirs under `root` and watches its logs."""
+
+  def __init__(self, root: str, data_dir: str):
+    self.root, self.data_dir, self.runs = root, data_dir, 0
+    self.env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jax_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+
+  def start(self, workdir: str, *overrides: str) -> tuple[subprocess.Popen, str]:
+    self.runs += 1
+    log = os.path.join(self.root, f"log{self.runs}.txt")
+    args = [
+      f"--config=configs/{_STAGE.value}.py:runlocal",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={self.data_dir}",
+      "--config.batch_size=4",
+      "--config.log_every=1",
+      "--config.optim.warmup_steps=5",
+      f"--config.total_steps={_STEPS.value}",
+      f"--config.ckpt_every={_CKPT_EVERY.value}",
+      *overrides,
+    ]
+    with open(log, "wb") as f:
+      proc = subprocess.Popen(
+        [sys.executable, "-m", "imagen_video_jax.train", *args],
+        cwd=_ROOT,
+        env=self.env,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+      )
+    return proc, log
+
+  def run(self, workdir: str, *overrides: str) -> tuple[int, str]:
+    proc, log = self.start(workdir, *overrides)
+    return proc.wait(), log
+
+
+def read(path: str) -> str:
+  with open(path, errors="replace") as f:
+    return f.read()
+
+
+def steps_logged(log: str) -> int:
+  """Steps the run has logged (clu's log writer writes each at once)."""
+  return read(log).count("bad_steps_total=")
+
+
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 900) -> bool:
+  """Polls `predicate` until true; False if the process exits first."""
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None or time.time() > deadline:
+      return False
+    time.sleep(0.02)
+  return True
+
+
+def saving(workdir: str, since: float) -> bool:
+  """Whether a checkpoint started after `since` is being written."""
+  pattern = os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp")
+  return any(os.path.getmtime(p) > since for p in glob.glob(pattern))
+
+
+def latest_step(workdir: str) -> int:
+  """The newest finished checkpoint's step (0 without one)."""
+  ckpts = os.path.join(workdir, "checkpoints")
+  steps = (
+    [int(p) for p in os.listdir(ckpts) if p.isdigit()] if os.path.isdir(ckpts) else []
+  )
+  return max(steps, default=0)
+
+
+def tree_digest(path: str) -> str:
+  """A hash of every file's name and bytes under `path`."""
+  h = hashlib.sha256()
+  for folder, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      full = os.path.join(folder, name)
+      h.update(os.path.relpath(full, path).encode())
+      with open(full, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+
+
+def complaints(logs: list[str]) -> tuple[list[str], str]:
+  """The error lines of this project's code in `logs`, and 'tracebacks /
+  of them "Event loop is closed"' (orbax's own threads log a failed write)."""
+  errors, tracebacks, closed = [], 0, 0
+  for log in logs:
+    text = read(log)
+    tracebacks += text.count("Traceback (most recent call last)")
+    closed += text.count("Event loop is closed")
+    errors += [
+      line.split("] ", 1)[-1][:110]
+      for line in text.splitlines()
+      if line.startswith("E") and "run_lib.py" in line
+    ]
+  return errors, f"{tracebacks} / {closed}"
+
+
+def verdict(name, workdir, statuses, logs, reference, note="", extra_saves=()) -> None:
+  """Prints the fault's row: statuses, finished, losses bitwise, lost files.
+
+  A checkpoint is lost when one of the newest keep_ckpts (3) saves is missing:
+  the reference's saves and `extra_saves` (a signal's).
+  """
+  ckpts = os.path.join(workdir, "checkpoints")
+  saves = {
+    int(c) for c in os.listdir(os.path.join(reference["workdir"], "checkpoints"))
+  }
+  kept = [str(c) for c in sorted(saves | set(extra_saves))[-3:]]
+  have = (
+    sorted(p for p in os.listdir(ckpts) if p.isdigit()) if os.path.isdir(ckpts) else []
+  )
+  finished = statuses[-1] == 0 and str(_STEPS.value) in have
+  files = sorted(glob.glob(os.path.join(workdir, "events.out.*")))
+  equal = all(
+    loss == reference["losses"].get(step)
+    for f in files
+    for step, loss in run_lib.logged_scalars(workdir, "loss", [f]).items()
+  )
+  covered = set().union(*(run_lib.logged_scalars(workdir, "loss", [f]) for f in files))
+  same_config = read(os.path.join(workdir, "config.json")) == reference["config"]
+  lost = [c for c in kept if c not in have] + ([] if same_config else ["config.json"])
+  errors, tracebacks = complaints(logs)
+  print(
+    f"{name:13} | {','.join(map(str, statuses)):11} | {'yes' if finished else 'NO':8} |"
+    f" {('yes' if equal else 'NO') + f' ({len(covered)} steps)':14} |"
+    f" {', '.join(lost) or 'none':6} | {len(errors)} / {tracebacks:7} |"
+    f" {note or (errors[0] if errors else '')}",
+    flush=True,
+  )
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  rng = random.Random(_SEED.value)
+  root = tempfile.mkdtemp(prefix="faults.")
+  data_dir = os.path.join(root, "tfds")
+  for config in ("videos", "images"):
+    data_build.build_dataset(
+      "bouncing_digits", data_dir, config=config, train_size=16, test_size=4
+    )
+  drill = Drill(root, data_dir)
+  workdir = lambda name: os.path.join(root, name)  # noqa: E731
+  total = _STEPS.value
+
+  t0 = time.time()
+  status, log = drill.run(workdir("reference"))
+  assert status == 0, f"the reference run failed ({status}); see {log}"
+  reference = dict(
+    workdir=workdir("reference"),
+    losses=run_lib.logged_scalars(workdir("reference"), "loss"),
+    config=read(os.path.join(workdir("reference"), "config.json")),
+  )
+  print(f"reference: {total} steps in {time.time() - t0:.0f} s (with compiling)")
+  print(
+    "fault         | statuses    | finished | losses bitwise | lost   |"
+    " errors / tracebacks / closed loop | first error or note"
+  )
+
+  # SIGKILL at random steps after the first, or while a checkpoint is written.
+  for name in ("sigkill", "sigkill_save"):
+    w, statuses, logs = workdir(name), [], []
+    for _ in range(_KILLS.value):
+      left = total - latest_step(w)
+      if left < 2:
+        break
+      proc, log = drill.start(w)
+      logs.append(log)
+      if name == "sigkill":  # After 1 to left - 1 new steps.
+        target = rng.randint(1, left - 1)
+        hit = wait_until(lambda log=log, t=target: steps_logged(log) >= t, proc)
+      else:  # A save this run started (not one a kill left).
+        started = time.time()
+        hit = wait_until(lambda w=w, t=started: saving(w, t), proc)
+      if hit:
+        proc.send_signal(signal.SIGKILL)
+      statuses.append(proc.wait())
+    status, log = drill.run(w)
+    verdict(name, w, statuses + [status], logs + [log], reference)
+
+  # SIGTERM and SIGINT after a random step, then a restart.
+  for name, signum in (("sigterm", signal.SIGTERM), ("sigint", signal.SIGINT)):
+    w = workdir(name)
+    proc, log1 = drill.start(w)
+    target = rng.randint(2, total - 2)
+    wait_until(lambda log=log1, t=target: steps_logged(log) >= t, proc)
+    proc.send_signal(signum)
+    first = proc.wait()
+    saved = latest_step(w)
+    status, log2 = drill.run(w)
+    note = f"signal after step {target}: saved step {saved}"
+    verdict(name, w, [first, status], [log1, log2], reference, note, [saved])
+
+  # SIGTERM during start-up: nothing to save, exit at once.
+  w = workdir("sigterm_start")
+  proc, log1 = drill.start(w)
+  wait_until(lambda: "Load dataset info" in read(log1), proc)
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  first = proc.wait()
+  seconds = time.time() - sent
+  status, log2 = drill.run(w)
+  note = f"exited {seconds:.1f} s after the signal"
+  verdict("sigterm_start", w, [first, status], [log1, log2], reference, note)
+
+  # The latest checkpoint damaged (its largest files truncated).
+  w = workdir("damaged")
+  shutil.copytree(reference["workdir"], w)
+  for item in ("state", "ema_params"):
+    files = glob.glob(
+      os.path.join(w, "checkpoints", str(total), item, "**"), recursive=True
+    )
+    with open(
+      max((p for p in files if os.path.isfile(p)), key=os.path.getsize), "r+b"
+    ) as f:
+      f.truncate(10)
+  status, log = drill.run(w)
+  aside = os.listdir(os.path.join(w, "damaged_checkpoints"))
+  verdict("damaged", w, [status], [log], reference, f"kept aside: {aside}")
+
+  # A full disk: a tmpfs smaller than one checkpoint, then grown.
+  w = os.path.join(root, "tmpfs")
+  os.makedirs(w)
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", w], capture_output=True
+  )
+  if mounted.returncode:
+    why = mounted.stderr.decode(errors="replace").strip() or "mount failed"
+    print(f"full_disk     | skipped: cannot mount a tmpfs here ({why})")
+  else:
+    try:
+      first, log1 = drill.run(os.path.join(w, "run"))
+      subprocess.run(["mount", "-o", "remount,size=64m", w], check=True)
+      status, log2 = drill.run(os.path.join(w, "run"))
+      verdict(
+        drill,
+        "full_disk",
+        os.path.join(w, "run"),
+        [first, status],
+        [log1, log2],
+        reference,
+      )
+    finally:
+      shutil.copytree(w, workdir("full_disk"))  # Kept for inspection.
+      subprocess.run(["umount", w], check=False)
+
+  # A refused restart: another model on the finished reference.
+  w = workdir("refused")
+  shutil.copytree(reference["workdir"], w)
+  before = tree_digest(w)
+  status, log = drill.run(w, "--config.model.base_channels=16")
+  unchanged = tree_digest(w) == before
+  errors, tracebacks = complaints([log])
+  print(
+    f"refused       | {status:<11} | refused  | n/a            |"
+    f" {'none' if unchanged else 'CHANGED':6} | {len(errors)} / {tracebacks:7} |"
+    f" {errors[0] if errors else ''}"
+  )
+  print(f"{drill.runs} runs in {time.time() - t0:.0f} s; logs and workdirs in {root}")
+
+
+if __name__ == "__main__":
+  app.run(main)
