@@ -429,7 +429,7 @@ def test_end_to_end_writes_every_file_kind(runlocal_root, tmp_path, prompt_file)
     with Image.open(outdir / files["png"]) as png:
       assert png.size == (4 * 10 + 2, 10 + 2)
   assert set(os.listdir(outdir)) == expected_files
-  assert os.listdir(tmp_path) == ["samples"]  # No staging folder left behind.
+  assert not [n for n in os.listdir(tmp_path) if n.endswith(".partial")]  # Staging.
   # Different seeds give different videos.
   assert not np.array_equal(np.load(outdir / "0000.npy"), np.load(outdir / "0001.npy"))
 

@@ -290,7 +290,6 @@ def main(argv: list[str]) -> None:
       subprocess.run(["mount", "-o", "remount,size=64m", w], check=True)
       status, log2 = drill.run(os.path.join(w, "run"))
       verdict(
-        drill,
         "full_disk",
         os.path.join(w, "run"),
         [first, status],
