@@ -244,6 +244,7 @@ def test_two_processes_train_checkpoint_and_resume(
     "--config.batch_size=8",
     "--config.mesh.shape=(2,2,2)",
     "--config.ckpt_every=2",
+    "--config.optim.warmup_steps=2",  # The first leg runs 4 steps.
   )
   env = train_env(compile_cache)
   for steps in (4, 6):
