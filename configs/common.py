@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from imagen_video_jax import sharding
+
 # The stages in cascade order (paper Fig. 6).
 STAGES = ("base", "tsr1", "ssr1", "ssr2", "tsr2", "tsr3", "ssr3")
 
@@ -222,13 +224,8 @@ def stage_config(
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1.
-  c.logical_axis_rules = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("conv_out", "tensor"),
-  )  # Logical axis -> mesh axes (t5x style); unlisted axes are replicated.
+  # Logical axis -> mesh axes: imagen_video_jax/sharding.py's table.
+  c.logical_axis_rules = sharding.DEFAULT_RULES
   c.dtype = "bfloat16" if variant == "paper" else "float32"  # Compute dtype.
   c.remat = "block" if variant == "paper" else "none"  # 'none' | 'block' | 'full'.
   c.peak_flops = 0.0  # Peak FLOP/s per device for MFU (0 = look up by device kind).

@@ -104,18 +104,22 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   )
 
   # ------------------------------------------------------------------------ #
-  # One jitted step per round kind, compiled for every batch shape on threads
-  # while the latest checkpoint loads.
+  # One jitted step per round kind (traced under the rules), compiled for every
+  # batch shape on threads while the latest checkpoint loads.
   # ------------------------------------------------------------------------ #
   steps = {
     kind: jax.jit(
-      distill_lib.make_distill_step(
-        config,
-        model,
-        *optimizers[kind],
-        kind,
-        text_apply,
-        sharding.batch_sharding(mesh, rules),
+      sharding.under_rules(
+        distill_lib.make_distill_step(
+          config,
+          model,
+          *optimizers[kind],
+          kind,
+          text_apply,
+          sharding.batch_sharding(mesh, rules),
+        ),
+        mesh,
+        rules,
       ),
       in_shardings=(
         state_shardings,

@@ -20,8 +20,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -196,9 +197,20 @@ def open_run(
 
 
 def frozen_text_encoder(
-  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: Any
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  rules: Any,
+  *,
+  abstract: bool = False,
 ) -> tuple[Callable[..., jax.Array] | None, Any, Any]:
   """The frozen T5 (paper Sec. 2), its params placed by their logical axes.
+
+  Args:
+    config: the stage config (`config.text`, `config.dtype`).
+    mesh: the device mesh.
+    rules: logical axis rules.
+    abstract: params as `jax.ShapeDtypeStruct`s carrying their shardings, no
+      weights read or drawn (an ahead-of-time compile, as benchmarks.compile).
 
   Returns:
     (apply, params, shardings); all None when the data holds precomputed
@@ -206,14 +218,66 @@ def frozen_text_encoder(
   """
   if config.text.precomputed:
     return None, None, None
-  encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
+  _, model = text_encoder.make_model(config.text, dtype=config.dtype)
   ones = jnp.ones((1, 1), jnp.int32)
-  shardings = sharding.logical_shardings(
-    jax.eval_shape(encoder.model.init, jax.random.key(0), ones, ones > 0)["params"],
-    mesh,
-    rules,
+  boxed = jax.eval_shape(model.init, jax.random.key(0), ones, ones > 0)["params"]
+  shardings = sharding.logical_shardings(boxed, mesh, rules)
+
+  def apply(params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    return model.apply({"params": params}, tokens, mask)
+
+  if abstract:
+    params = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.meta.unbox(boxed),
+      shardings,
+    )
+    return apply, params, shardings
+  encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
+  return apply, jax.device_put(encoder.params, shardings), shardings
+
+
+class TrainStep(NamedTuple):
+  """train.py's step jitted for a mesh, and the state it runs on."""
+
+  step: Any  # jit of (state, batch, text_params) -> (state, metrics), state donated.
+  init_fn: Callable[[jax.Array], Any]  # rng -> boxed initial state.
+  abstract_state: Any  # ShapeDtypeStructs of the state, with their shardings.
+  state_shardings: Any  # NamedShardings of the state.
+
+
+def jit_train_step(
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  rules: Any,
+  text_apply: Callable[..., jax.Array] | None,
+  text_shardings: Any,
+) -> TrainStep:
+  """The stage's train step, jitted with the state's shardings (train.py's).
+
+  The state {step, params, opt_state, ema_params} is placed by the params'
+  logical axes; the step is traced under the mesh and the rules so that the
+  models' activation constraints take effect, and donates its state.
+  """
+  model = train_lib.make_model(config)
+  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  init_fn = train_lib.make_init_fn(config, model, tx)
+  abstract_state, state_shardings = sharding.abstract_state(
+    init_fn, jax.random.key(config.seed), mesh, rules
   )
-  return encoder.apply, jax.device_put(encoder.params, shardings), shardings
+  step_fn = train_lib.make_train_step(
+    config, model, tx, lr_fn, text_apply, sharding.batch_sharding(mesh, rules)
+  )
+  step = jax.jit(
+    sharding.under_rules(step_fn, mesh, rules),
+    in_shardings=(state_shardings, sharding.input_sharding(mesh), text_shardings),
+    out_shardings=(
+      state_shardings,
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    ),
+    donate_argnums=(0,),
+  )
+  return TrainStep(step, init_fn, abstract_state, state_shardings)
 
 
 class Reporter:

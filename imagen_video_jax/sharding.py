@@ -8,6 +8,7 @@ parallelism of a run is a config edit (`config.mesh.shape`,
 "pjit" means today.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,13 +20,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical axis -> mesh axes. Unlisted logical axes are replicated.
+# Logical axis -> mesh axes, the one table of the project (t5x style): every
+# logical axis the models name, `None` where it stays replicated. A mesh axis is
+# used once per array: an activation's channel axis ('embed') gets no `fsdp`
+# because its batch already has it. `config.logical_axis_rules` may replace it.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+  # Activations [B, T, H, W, C] and text [B, L, D].
   ("batch", ("data", "fsdp")),
+  ("frames", None),
+  ("height", None),
+  ("width", None),
+  ("length", None),
+  # Parameters (FSDP shards each large weight on one axis, tensor on another).
   ("embed", "fsdp"),
+  ("conv_in", "fsdp"),  # Conv kernels [..., C_in, C_out]: most of a U-Net's weights.
+  ("conv_out", "tensor"),
   ("mlp", "tensor"),
   ("heads", "tensor"),
-  ("conv_out", "tensor"),
+  ("kv", None),
+  ("joined_kv", "tensor"),  # T5's fused heads x head_dim.
+  ("vocab", "tensor"),
+  ("relpos_buckets", None),
 )
 
 
@@ -86,6 +101,27 @@ def mesh_from_config(config: Any) -> tuple[Mesh, tuple[tuple[str, Any], ...]]:
   check_batch_size(config.batch_size, mesh, rules)
   logging.info("Mesh %s over %d processes.", dict(mesh.shape), jax.process_count())
   return mesh, rules
+
+
+def under_rules(fn: Callable[..., Any], mesh: Mesh, rules: Any) -> Callable[..., Any]:
+  """`fn` traced with `mesh` and the logical-axis rules in effect.
+
+  The models' `nn.with_logical_constraint` calls on activations take effect
+  only when traced under both: without rules flax returns the array as it is,
+  and without a mesh it drops the constraint. Wrap a function before `jax.jit`
+  (a concrete mesh can't be set inside jit, its abstract mesh can).
+  """
+  rules = logical_rules(rules)
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with (
+      jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+      nn.logical_axis_rules(rules),
+    ):
+      return fn(*args, **kwargs)
+
+  return traced
 
 
 def logical_rules(rules: Any = None) -> tuple[tuple[str, Any], ...]:

@@ -29,7 +29,6 @@ from imagen_video_jax import (
   input_pipeline,
   run_lib,
   sharding,
-  train_lib,
 )
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -59,7 +58,6 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
     )
   mesh, rules = sharding.mesh_from_config(config)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   # ------------------------------------------------------------------------ #
   # Workdir, metric writers, signals.
@@ -75,28 +73,14 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   )
 
   # ------------------------------------------------------------------------ #
-  # Model, optimizer and the shapes and shardings of the train state
-  # {step, params, opt_state, ema_params} (from the params' logical axes).
+  # Model, optimizer, the shapes and shardings of the train state {step,
+  # params, opt_state, ema_params} (from the params' logical axes), and the
+  # train step jitted with them, traced under the rules, its state donated.
   # ------------------------------------------------------------------------ #
-  model = train_lib.make_model(config)
-  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
-  init_fn = train_lib.make_init_fn(config, model, tx)
+  train_step, init_fn, abstract_state, state_shardings = run_lib.jit_train_step(
+    config, mesh, rules, text_apply, text_shardings
+  )
   rng_init = jax.random.key(config.seed)
-  abstract_state, state_shardings = sharding.abstract_state(
-    init_fn, rng_init, mesh, rules
-  )
-
-  # ------------------------------------------------------------------------ #
-  # The train step, jitted with the state's shardings and the state donated.
-  # ------------------------------------------------------------------------ #
-  train_step = jax.jit(
-    train_lib.make_train_step(
-      config, model, tx, lr_fn, text_apply, sharding.batch_sharding(mesh, rules)
-    ),
-    in_shardings=(state_shardings, sharding.input_sharding(mesh), text_shardings),
-    out_shardings=(state_shardings, replicated),
-    donate_argnums=(0,),
-  )
 
   # ------------------------------------------------------------------------ #
   # Data, then the init and one step per kind of batch (clips [B,T,...] and

@@ -386,32 +386,58 @@ def make_train_step(
   return train_step
 
 
-def synthetic_batch(
-  config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
-) -> dict[str, Any]:
-  """A host-local batch shaped as the input pipeline's, of random values.
+def batch_shapes(
+  config: ml_collections.ConfigDict, batch_size: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a clip batch as the input pipeline yields it.
 
-  For benchmarks and tests: 'video' [B,T,H,W,3] (and 'cond_video' at the
-  input stage's shape) uniform in [-1, 1], every 4th example an image, byte
-  tokens on the first half of the caption length (or 'text_emb' when
-  config.text.precomputed).
+  'video' [B,T,H,W,3] float32 at the training crop, 'is_image' [B] bool,
+  'text_mask' [B,L] bool, 'cond_video' at the input stage's shape (scaled as
+  a crop scales it) for SR stages, and 'tokens' [B,L] int32 or, when
+  config.text.precomputed, 'text_emb' [B,L,D] float32.
   """
-  rng = np.random.default_rng(seed)
   stage, length = config.stage, config.text.max_length
   h, w = stage_hw(stage)
-  batch = {
-    "video": rng.uniform(-1, 1, (batch_size, stage_frames(stage), h, w, 3)),
-    "is_image": np.arange(batch_size) % 4 == 0,
-    "text_mask": np.arange(length)[None, :].repeat(batch_size, 0) < length // 2,
+  f32, b = jnp.float32, batch_size
+  shapes = {
+    "video": jax.ShapeDtypeStruct((b, stage_frames(stage), h, w, 3), f32),
+    "is_image": jax.ShapeDtypeStruct((b,), jnp.bool_),
+    "text_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_),
   }
   if stage.input is not None:
     s_in = stage.input
     scale_h, scale_w = h / stage.height, w / stage.width  # Crops scale the input.
     frames = stage_frames(stage) * s_in.frames // stage.frames
-    shape = (frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
-    batch["cond_video"] = rng.uniform(-1, 1, (batch_size, *shape))
+    shape = (b, frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
+    shapes["cond_video"] = jax.ShapeDtypeStruct(shape, f32)
   if config.text.precomputed:
-    batch["text_emb"] = rng.normal(size=(batch_size, length, text_dim(config)))
+    shapes["text_emb"] = jax.ShapeDtypeStruct((b, length, text_dim(config)), f32)
+  else:
+    shapes["tokens"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
+  return shapes
+
+
+def synthetic_batch(
+  config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
+) -> dict[str, Any]:
+  """A host-local batch shaped as `batch_shapes`, of random values.
+
+  For benchmarks and tests: videos uniform in [-1, 1], every 4th example an
+  image, byte tokens on the first half of the caption length, embeddings
+  standard normal.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = batch_shapes(config, batch_size)
+  length = config.text.max_length
+  batch = {
+    k: rng.uniform(-1, 1, shapes[k].shape)
+    for k in ("video", "cond_video")
+    if k in shapes
+  }
+  batch["is_image"] = np.arange(batch_size) % 4 == 0
+  batch["text_mask"] = np.arange(length)[None, :].repeat(batch_size, 0) < length // 2
+  if "text_emb" in shapes:
+    batch["text_emb"] = rng.normal(size=shapes["text_emb"].shape)
   else:
     batch["tokens"] = rng.integers(3, 259, (batch_size, length)).astype(np.int32)
   return {

@@ -8,6 +8,9 @@ source launch/venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
+# On the CPU, even with libtpu installed (the test extra: benchmarks.compile
+# asks it for TPU topologies explicitly).
+export JAX_PLATFORMS=cpu
 # No huge pages here (launch/demo.sh sets them for training): the tests' many
 # small compiles ran ~6% slower with them (README, "Demo results").
 exec .venv/bin/python -m pytest -q "$@"

@@ -3,6 +3,8 @@
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from imagen_video_jax import config_utils, sharding, train_lib
+from imagen_video_jax import config_utils, run_lib, sharding, train_lib
 from imagen_video_jax.models import text_encoder
 
 needs_8 = pytest.mark.skipif(
@@ -136,3 +138,72 @@ def test_one_step_on_2x2x2_mesh_equals_one_device_and_nan_steps_are_skipped():
     {k: before[k] for k in ("params", "opt_state", "ema_params")},
     jax.device_get({k: after[k] for k in ("params", "opt_state", "ema_params")}),
   )
+
+
+def runlocal_train_step(mesh, rules=None):
+  """(train.py's jitted step, its abstract state, batch and text params) on `mesh`."""
+  config = config_utils.load_config("configs/base.py:runlocal")
+  if rules is not None:
+    config.logical_axis_rules = rules
+  rules = sharding.logical_rules(config.logical_axis_rules)
+  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+    config, mesh, rules, abstract=True
+  )
+  program = run_lib.jit_train_step(config, mesh, rules, text_apply, text_shardings)
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.input_sharding(mesh))
+    for k, v in train_lib.batch_shapes(config, config.batch_size).items()
+  }
+  return program, batch, text_params
+
+
+def per_chip_bytes(tree, per_chip=True):
+  return sum(
+    np.prod(x.sharding.shard_shape(x.shape) if per_chip else x.shape) * x.dtype.itemsize
+    for x in jax.tree.leaves(tree)
+  )
+
+
+@needs_8
+def test_fsdp_shards_every_large_weight_conv_kernels_included():
+  mesh = sharding.make_mesh((1, 4, 1), jax.devices()[:4])
+  program, _, _ = runlocal_train_step(mesh)
+  state = program.abstract_state
+  for key in ("params", "opt_state", "ema_params"):
+    # Only small vectors and kernels whose axes 4 does not divide stay whole.
+    assert per_chip_bytes(state[key]) <= 0.27 * per_chip_bytes(state[key], False), key
+  kernels = [
+    (jax.tree_util.keystr(path), x)
+    for path, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+    if x.ndim >= 4  # Convolutions [..., C_in, C_out].
+  ]
+  assert len(kernels) > 10
+  for name, x in kernels:
+    if x.shape[-2] % 4 == 0:
+      assert x.sharding.spec[x.ndim - 2] == "fsdp", (name, x.sharding.spec)
+
+
+@needs_8
+def test_model_activations_carry_the_sharding_their_constraints_name():
+  # 'frames' on the tensor axis: only the U-Net's own constraints name frames.
+  rules = tuple(
+    (name, "tensor" if name == "frames" else axes)
+    for name, axes in sharding.DEFAULT_RULES
+  )
+  mesh = sharding.make_mesh((2, 1, 2), jax.devices()[:4])
+  program, batch, text_params = runlocal_train_step(mesh, rules)
+  text = program.step.lower(program.abstract_state, batch, text_params).as_text()
+  video = r'\[\{"data", "fsdp"\}, \{"tensor"\}, \{\}, \{\}, \{\}\]> : tensor<16x2x8x8x'
+  assert len(re.findall("sdy.sharding_constraint %\\S+ <@mesh, " + video, text)) > 10
+  # The same step traced without the rules (the old defect): flax drops them.
+  config = config_utils.load_config("configs/base.py:runlocal")
+  model = train_lib.make_model(config)
+  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  bare = jax.jit(train_lib.make_train_step(config, model, tx, lr_fn, None))
+  config.text.precomputed = True
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.input_sharding(mesh))
+    for k, v in train_lib.batch_shapes(config, config.batch_size).items()
+  }
+  text = bare.lower(program.abstract_state, batch, None).as_text()
+  assert not re.findall(video, text)

@@ -4,8 +4,8 @@ r"""Throughput and memory of each demo stage's train and distillation steps.
   python -m imagen_video_jax.benchmarks.train --dtype=bfloat16 --batch=64
   python -m imagen_video_jax.benchmarks.train --programs=train,guidance,halving
 
-Builds the stage's model, optimizer and sharded state exactly as train.py does
-(mesh (-1, 1, 1) over all local devices), times `--steps` calls of the jitted,
+Builds the stage's model, optimizer, sharded state and step with train.py's
+function (mesh (-1, 1, 1) over all local devices), times `--steps` calls of the jitted,
 state-donating train step on a synthetic batch, and prints steps/s,
 examples/s, TFLOP/s per device (from the compiled step's cost analysis), MFU
 where the device's peak is known, the compiled step's memory per device and
@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
+from imagen_video_jax.benchmarks import compile as aot
 
 _STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
@@ -30,17 +31,6 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the warm-up step.")
 _PROGRAMS = flags.DEFINE_list(
   "programs", ["train"], "Any of train, guidance, halving (distill.py's steps)."
 )
-
-
-def step_memory(compiled) -> float:
-  """Bytes per device of the compiled step: arguments, outputs and temporaries."""
-  m = compiled.memory_analysis()
-  return float(
-    m.temp_size_in_bytes
-    + m.argument_size_in_bytes
-    + m.output_size_in_bytes
-    - m.alias_size_in_bytes
-  )
 
 
 def benchmark(stage: str, program: str = "train") -> dict[str, float]:
@@ -58,15 +48,17 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
   sharding.check_batch_size(config.batch_size, mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  text_apply, text_params, _ = run_lib.frozen_text_encoder(config, mesh, rules)
-  model = train_lib.make_model(config)
-  if program == "train":
-    tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
-    step_fn = train_lib.make_train_step(
-      config, model, tx, lr_fn, text_apply, sharding.batch_sharding(mesh, rules)
+  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+    config, mesh, rules
+  )
+  rng = jax.random.key(config.seed)
+  if program == "train":  # train.py's step.
+    step_fn, init_fn, _, shardings = run_lib.jit_train_step(
+      config, mesh, rules, text_apply, text_shardings
     )
     extra = ()
-  else:
+  else:  # distill.py's steps, on a state holding the teacher's params too.
+    model = train_lib.make_model(config)
     tx, lr_fn = train_lib.make_optimizer(config.distill.optim, config.total_steps)
     step_fn = distill_lib.make_distill_step(
       config,
@@ -78,16 +70,19 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
       sharding.batch_sharding(mesh, rules),
     )
     extra = (np.int32(0), np.int32(config.distill.final_steps))
-  train_init = train_lib.make_init_fn(config, model, tx)
+    train_init = train_lib.make_init_fn(config, model, tx)
 
-  def init_fn(rng):
-    state = train_init(rng)
-    return state if program == "train" else dict(state, teacher_params=state["params"])
+    def init_fn(rng):
+      state = train_init(rng)
+      return dict(state, teacher_params=state["params"])
 
-  rng = jax.random.key(0)
-  _, shardings = sharding.abstract_state(init_fn, rng, mesh, rules)
+    _, shardings = sharding.abstract_state(init_fn, rng, mesh, rules)
+    step_fn = jax.jit(
+      sharding.under_rules(step_fn, mesh, rules),
+      out_shardings=(shardings, replicated),
+      donate_argnums=(0,),
+    )
   state = sharding.sharded_init(init_fn, rng, shardings)
-  step_fn = jax.jit(step_fn, out_shardings=(shardings, replicated), donate_argnums=(0,))
   batch = sharding.global_batch(
     train_lib.synthetic_batch(config, config.batch_size), mesh
   )
@@ -107,7 +102,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     examples_per_sec=config.batch_size / seconds,
     tflops_per_device=tflops,
     mfu=tflops * 1e12 / peak if peak else float("nan"),
-    step_memory_mib=step_memory(compiled) / 2**20,
+    step_memory_mib=aot.memory_per_chip(compiled)["total"] / 2**20,
     # The allocator's peak since start (GPU/TPU; cumulative over stages).
     device_peak_mib=(jax.devices()[0].memory_stats() or {}).get(
       "peak_bytes_in_use", float("nan")

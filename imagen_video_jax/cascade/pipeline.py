@@ -93,10 +93,14 @@ def load_input_video(video: np.ndarray, frames: int, height: int, width: int) ->
   return jax.image.resize(x, (frames, height, width, 3), "bilinear", antialias=True)
 
 
-def make_mesh() -> jax.sharding.Mesh:
+def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A 1-D `data` mesh over all devices (the sampler is data parallel)."""
+  devices = jax.devices() if devices is None else devices
   return jax.make_mesh(
-    (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+    (len(devices),),
+    ("data",),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=devices,
   )
 
 

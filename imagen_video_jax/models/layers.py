@@ -16,7 +16,7 @@ ops mix frames.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,25 @@ _default_kernel = nn.initializers.lecun_normal()
 def constrain(x: Array, axes: Sequence[str | None] = VIDEO_AXES) -> Array:
   """Names the axes of a main activation for the sharding rules."""
   return nn.with_logical_constraint(x, tuple(axes))
+
+
+class _Kernel(nn.LogicallyPartitioned):
+  """A logically named kernel that DenseGeneral may first create flattened.
+
+  DenseGeneral draws a kernel of several input or output axes as a matrix and
+  unboxes it to reshape it; under the logical-axis rules that unboxing would
+  constrain the matrix with the names of the full shape, a rank mismatch.
+  """
+
+  def unbox(self, apply_constraint: bool = True) -> Array:
+    if jnp.ndim(self.value) != len(self.names):  # The flat draw, not yet named.
+      return self.value
+    return super().unbox(apply_constraint)
+
+
+def _named(init: Callable[..., Array], axes: tuple[str | None, ...]):
+  """`init` whose output is boxed with the logical axis names `axes`."""
+  return lambda *args: _Kernel(init(*args), names=tuple(axes))
 
 
 def dense(
@@ -54,9 +73,7 @@ def dense(
     use_bias=use_bias,
     dtype=dtype,
     param_dtype=jnp.float32,
-    kernel_init=nn.with_logical_partitioning(
-      _zeros if zero_init else _default_kernel, axes
-    ),
+    kernel_init=_named(_zeros if zero_init else _default_kernel, axes),
     bias_init=nn.with_logical_partitioning(_zeros, axes[-n_out:]),
     name=name,
   )

@@ -41,17 +41,8 @@ class TextEncoder:
     cls, text_config: ml_collections.ConfigDict, *, dtype: str = "float32"
   ) -> "TextEncoder":
     """Builds the encoder of `config.text` (see module docstring)."""
-    tokenizer = tokenizers.make_tokenizer(text_config)
-    overrides = dict(dtype=dtype)
-    if text_config.encoder == "byte_t5":
-      overrides["vocab_size"] = BYTE_VOCAB_SIZE
-    config = t5.t5_config(text_config.t5_size, **overrides)
-    if tokenizer.vocab_size > config.vocab_size:
-      raise ValueError(
-        f"Tokenizer emits {tokenizer.vocab_size} ids but T5 size "
-        f"{text_config.t5_size!r} embeds only {config.vocab_size}."
-      )
-    model = t5.T5Encoder(config)
+    tokenizer, model = make_model(text_config, dtype=dtype)
+    config = model.config
     path = text_config.checkpoint
     if path:
       if path.endswith(".safetensors"):
@@ -75,6 +66,27 @@ class TextEncoder:
     """Captions -> (embeddings f32 [B, L, D], mask bool [B, L]), L = max_length."""
     tokens, mask = self.tokenizer.tokenize(texts)
     return _jit_apply(self.model, self.params, tokens, mask), mask
+
+
+def make_model(
+  text_config: ml_collections.ConfigDict, *, dtype: str = "float32"
+) -> tuple[tokenizers.Tokenizer, t5.T5Encoder]:
+  """The tokenizer and the (weightless) T5 encoder of `config.text`.
+
+  Raises:
+    ValueError: if the tokenizer emits ids the T5 size does not embed.
+  """
+  tokenizer = tokenizers.make_tokenizer(text_config)
+  overrides = dict(dtype=dtype)
+  if text_config.encoder == "byte_t5":
+    overrides["vocab_size"] = BYTE_VOCAB_SIZE
+  config = t5.t5_config(text_config.t5_size, **overrides)
+  if tokenizer.vocab_size > config.vocab_size:
+    raise ValueError(
+      f"Tokenizer emits {tokenizer.vocab_size} ids but T5 size "
+      f"{text_config.t5_size!r} embeds only {config.vocab_size}."
+    )
+  return tokenizer, t5.T5Encoder(config)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,0 +1,91 @@
+"""Tests of benchmarks/compile.py: the TPU compiler on this CPU (libtpu) and locally."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def compile_report(tmp_path, *flags: str, devices: int = 2) -> dict:
+  """Runs the benchmark in its own process (one libtpu holder at a time)."""
+  out = tmp_path / "report.json"
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
+  proc = subprocess.run(
+    [sys.executable, "-m", "imagen_video_jax.benchmarks.compile", f"--json={out}"]
+    + list(flags),
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "fits: yes" in proc.stdout
+  with open(out) as f:
+    return json.load(f)
+
+
+@pytest.mark.slow
+def test_runlocal_base_train_step_compiles_for_a_v5e_topology(tmp_path):
+  pytest.importorskip("libtpu")
+  r = compile_report(
+    tmp_path, "--config=configs/base.py:runlocal", "--topology=v5e:2x2", "--mesh=1,4,1"
+  )
+  assert r["devices"] == "4 x TPU v5 lite"
+  assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert r["fits"] and r["hbm_bytes"] == 16 * 2**30
+  assert 0 < r["memory"]["total"] < r["hbm_bytes"]
+  assert r["flops"] > 0 and r["estimated_s"] > 0
+  # FSDP over 4 chips: every chip holds about a quarter of the state.
+  for key in ("params", "opt_state", "ema_params"):
+    assert r["state_bytes"][key] <= 0.27 * r["replicated_bytes"][key], key
+  # The donated state's buffers are reused for the new state.
+  assert r["memory"]["alias"] > 0
+
+
+def test_sampling_loop_compiles_for_the_local_devices(tmp_path):
+  r = compile_report(
+    tmp_path,
+    "--program=sample",
+    "--config=configs/cascade.py:runlocal",
+    "--stage=tsr1",
+    "--batch_per_chip=2",
+  )
+  assert r["program"] == "sample" and r["batch"] == 4 and r["mesh"] == {"data": 2}
+  # Params replicated: the sampler is data parallel.
+  assert r["state_bytes"]["params"] == r["replicated_bytes"]["params"] > 0
+  assert r["memory"]["argument"] >= r["state_bytes"]["params"] and r["flops"] > 0
+
+
+@pytest.mark.parametrize(
+  "flags, match",
+  [
+    (
+      ["--config=configs/base.py:runlocal", "--topology=v9z:1x1"],
+      "--topology='v9z:1x1'",
+    ),
+    (["--config=configs/base.py:runlocal", "--program=sample"], "configs/cascade.py"),
+    (
+      ["--config=configs/cascade.py:runlocal", "--program=sample", "--stage=ssr9"],
+      "--stage='ssr9'",
+    ),
+  ],
+)
+def test_bad_flags_name_the_culprit(tmp_path, flags, match):
+  proc = subprocess.run(
+    [sys.executable, "-m", "imagen_video_jax.benchmarks.compile", *flags],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode != 0 and match in proc.stderr
