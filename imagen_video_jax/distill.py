@@ -39,9 +39,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Stage config, e.g. configs/base.py:demo.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir.")
-_MULTIHOST = flags.DEFINE_bool(
-  "multihost", False, "jax.distributed.initialize() with cluster auto-detection."
-)
+_INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
 
 def main(argv: list[str], exits: contextlib.ExitStack) -> int:
@@ -62,8 +60,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # ------------------------------------------------------------------------ #
   # Processes, mesh, workdir, metric writers, signals.
   # ------------------------------------------------------------------------ #
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
+  _INITIALIZE_PROCESSES()
   mesh, rules = sharding.mesh_from_config(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   writer, signals = run_lib.open_run(config, workdir, exits)

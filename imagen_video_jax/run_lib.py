@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from clu import metric_writers
 
 from imagen_video_jax import checkpointing, sharding, train_lib
@@ -179,6 +179,31 @@ def main_of(
       return 128 + signal.SIGINT
 
   return main
+
+
+def define_process_flags() -> Callable[[], None]:
+  """Defines a binary's process flags; returns what initialises jax.distributed.
+
+  --multihost lets jax.distributed.initialize() detect the cluster (a TPU pod,
+  launch/tpu.sh); --coordinator_address, --num_processes and --process_id
+  name it explicitly (launch/multihost.sh). Call at a binary's module level.
+  """
+  multihost = flags.DEFINE_bool(
+    "multihost", False, "jax.distributed.initialize() with cluster auto-detection."
+  )
+  coordinator = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (explicit multi-process)."
+  )
+  num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+  process_id = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+  def initialize() -> None:
+    if coordinator.value or multihost.value:
+      jax.distributed.initialize(
+        coordinator.value, num_processes.value, process_id.value
+      )
+
+  return initialize
 
 
 def open_run(

@@ -17,17 +17,19 @@ newest readable checkpoint (a damaged one is logged and the one before used),
 after checking the stage its meta records. With --overwrite the samples go to
 a temporary sibling folder and replace the previous ones only once all are
 written. Sample i uses the PRNG key of seed + i,
-so `--seed=S+i --num_samples=1` redraws it alone. One host: the batch is data
-parallel over that host's devices.
+so `--seed=S+i --num_samples=1` redraws it alone. The batch is data parallel
+over a host's devices; on several hosts (launch/tpu.sh, launch/multihost.sh)
+host h draws samples h, h + n, ... into the same folder, and process 0 writes
+samples.jsonl once all have finished: the files are those of one host.
 """
 
 import concurrent.futures
 import contextlib
+import glob
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +41,7 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from imagen_video_jax import checkpointing, config_utils, run_lib, video_io
+from imagen_video_jax import checkpointing, config_utils, run_lib, sharding, video_io
 from imagen_video_jax.cascade import pipeline, stages
 from imagen_video_jax.models import text_encoder
 
@@ -56,6 +58,7 @@ _INPUT_VIDEO = flags.DEFINE_string(
 )
 _SAVE_NPY = flags.DEFINE_bool("save_npy", False, "Also write lossless NNNN.npy.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Reuse an existing outdir.")
+_INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SAMPLE_FILE = re.compile(r"^\d{4,}\.(mp4|gif|png|npy)$|^samples\.jsonl$")
@@ -99,12 +102,17 @@ def _tuples(tree: Any) -> Any:
   return tree
 
 
+def _contents(outdir: str) -> list[str]:
+  """The folder's files, without the probes of _prepare_outdir (of any host)."""
+  return [n for n in os.listdir(outdir) if not n.startswith(".write_test.")]
+
+
 def _prepare_outdir(outdir: str, overwrite: bool) -> None:
   """Creates `outdir` and checks it can be written; refuses a non-empty one
   unless `overwrite` (nothing in it changes here)."""
   if os.path.exists(outdir) and not os.path.isdir(outdir):
     raise ValueError(f"--outdir={outdir!r} exists and is not a folder.")
-  if os.path.isdir(outdir) and os.listdir(outdir) and not overwrite:
+  if os.path.isdir(outdir) and _contents(outdir) and not overwrite:
     raise ValueError(f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it.")
   try:
     os.makedirs(outdir, exist_ok=True)
@@ -122,18 +130,40 @@ def _prepare_outdir(outdir: str, overwrite: bool) -> None:
 def _output_folder(outdir: str) -> Iterator[str]:
   """The folder to write samples into: `outdir` when it is empty, else a
   temporary sibling whose files replace the previous samples on success (and
-  which is removed on failure, leaving them as they were)."""
-  if not os.listdir(outdir):
-    yield outdir
-    return
-  outdir = os.path.abspath(outdir)
-  parent, name = os.path.split(outdir)
-  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
+  which is removed on failure, leaving them as they were).
+
+  With several processes every one writes its own samples into the same
+  folder; process 0 finishes it (the records merged, the files moved) once all
+  have written.
+  """
+  first = jax.process_index() == 0
+  empty = not _contents(outdir)
+  sharding.wait_for_all_processes("sample_outdir_checked")  # Before any write.
+  parent, name = os.path.split(os.path.abspath(outdir))
+  staging = os.path.join(parent, f".{name}.partial")
+  if not empty and first:
+    shutil.rmtree(staging, ignore_errors=True)  # A failed run's.
+    os.mkdir(staging)
+  sharding.wait_for_all_processes("sample_staging_ready")
+  writedir = os.path.abspath(outdir) if empty else staging
   try:
-    yield staging
+    yield writedir
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    if not empty and first:
+      shutil.rmtree(staging, ignore_errors=True)
     raise
+  sharding.wait_for_all_processes("sample_written")
+  if not first:
+    return
+  if jax.process_count() > 1:
+    records = []
+    for part in glob.glob(os.path.join(writedir, "samples.*-of-*.jsonl")):
+      with open(part, encoding="utf-8") as f:
+        records += [json.loads(line) for line in f]
+      os.remove(part)
+    _write_jsonl(os.path.join(writedir, "samples.jsonl"), sorted(records, key=_index))
+  if empty:
+    return
   new = set(os.listdir(staging))
   for file in new:  # Each replace is atomic: an old sample or a new one.
     os.replace(os.path.join(staging, file), os.path.join(outdir, file))
@@ -141,6 +171,10 @@ def _output_folder(outdir: str) -> Iterator[str]:
     if _SAMPLE_FILE.match(file) and file not in new:
       os.remove(os.path.join(outdir, file))
   os.rmdir(staging)
+
+
+def _index(record: dict) -> int:
+  return record["index"]
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
@@ -163,7 +197,8 @@ def sample(
   overwrite: bool = False,
 ) -> list[dict]:
   """Samples every prompt `num_samples` times through the cascade (see module
-  docstring; the arguments are the flags). Returns the samples.jsonl records."""
+  docstring; the arguments are the flags). Returns this host's samples.jsonl
+  records (all of them on one host)."""
   seed = cascade.seed if seed is None else seed
   if num_samples < 1:
     raise ValueError(f"--num_samples={num_samples} must be >= 1.")
@@ -216,7 +251,7 @@ def sample(
   # ------------------------------------------------------------------------ #
   # Each stage's EMA parameters, replicated on every device.
   # ------------------------------------------------------------------------ #
-  mesh = pipeline.make_mesh()
+  mesh = pipeline.make_mesh(jax.local_devices())  # Each host samples on its own.
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   variables = [jax.device_put(pipeline.as_variables(p), replicated) for p in ema]
@@ -241,7 +276,7 @@ def sample(
     if bar is not None and int(step) + 1 > bar.n:
       bar.update(int(step) + 1 - bar.n)
 
-  batch = pipeline.padded_batch(cascade.batch_size, jax.device_count())
+  batch = pipeline.padded_batch(cascade.batch_size, jax.local_device_count())
 
   def spec(shape, dtype):  # A batch-sharded argument of the stages.
     return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
@@ -272,19 +307,25 @@ def sample(
   # ------------------------------------------------------------------------ #
   # Sampling, batch by batch through every stage; files per sample.
   # ------------------------------------------------------------------------ #
+  # Host h of n draws samples h, h + n, ...: sample i is the same video whatever
+  # draws it (its key is seed + i), so n hosts write one host's samples.
   jobs = [p for p in range(len(prompts)) for _ in range(num_samples)]
+  mine = np.arange(jax.process_index(), len(jobs), jax.process_count())
+  records_file = "samples.jsonl"
+  if jax.process_count() > 1:  # Merged into samples.jsonl by process 0.
+    records_file = f"samples.{jax.process_index()}-of-{jax.process_count()}.jsonl"
   fps = float(configs[-1].stage.fps)
   stage_info = {
     n: dict(s.to_dict(), workdir=w, checkpoint_step=m["step"])
     for n, s, w, m in zip(names, settings, workdirs, metas)
   }
   records = []
-  num_batches = -(-len(jobs) // batch)
+  num_batches = -(-len(mine) // batch)
   with _output_folder(outdir) as writedir:
-    for b, start in enumerate(range(0, len(jobs), batch)):
-      index = np.arange(start, start + batch)
-      real = index < len(jobs)
-      index = np.minimum(index, len(jobs) - 1)  # Pad with copies of the last job.
+    for b, start in enumerate(range(0, len(mine), batch)):
+      real = np.arange(start, start + batch) < len(mine)
+      # Padded with copies of this host's last job.
+      index = mine[np.minimum(np.arange(start, start + batch), len(mine) - 1)]
       pidx = np.asarray(jobs)[index]
       keys = np.stack([jax.random.PRNGKey(seed + int(i)) for i in index])
       put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
@@ -321,8 +362,8 @@ def sample(
             **({"input_video": input_video} if input_video else {}),
           )
         )
-      _write_jsonl(os.path.join(writedir, "samples.jsonl"), records)
-      logging.info("Wrote %d/%d samples to %s", len(records), len(jobs), outdir)
+      _write_jsonl(os.path.join(writedir, records_file), records)
+      logging.info("Wrote %d/%d samples to %s", len(records), len(mine), outdir)
   return records
 
 
@@ -330,6 +371,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> None:
   del exits  # Nothing to close: the output folder closes itself.
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _INITIALIZE_PROCESSES()
   sample(
     _CONFIG.value,
     prompts_path=_PROMPTS.value,

@@ -35,14 +35,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Stage config, e.g. configs/ssr1.py:demo.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, config and metrics.")
-_MULTIHOST = flags.DEFINE_bool(
-  "multihost", False, "jax.distributed.initialize() with cluster auto-detection."
-)
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "host:port of process 0 (explicit multi-process)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
 
 def main(argv: list[str], exits: contextlib.ExitStack) -> int:
@@ -53,10 +46,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # ------------------------------------------------------------------------ #
   # Processes and the device mesh.
   # ------------------------------------------------------------------------ #
-  if _COORDINATOR.value or _MULTIHOST.value:
-    jax.distributed.initialize(
-      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
-    )
+  _INITIALIZE_PROCESSES()
   mesh, rules = sharding.mesh_from_config(config)
 
   # ------------------------------------------------------------------------ #

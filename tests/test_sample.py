@@ -488,3 +488,47 @@ def test_end_to_end_super_resolves_an_input_video(runlocal_root, tmp_path, promp
   assert all(r["input_video"] == clip for r in records)
   video = np.load(outdir / records[0]["files"]["npy"])
   assert video.dtype == np.uint8 and video.shape == (4, 8, 8, 3)
+
+
+@pytest.mark.slow
+def test_two_hosts_write_the_samples_of_one_host(runlocal_root, tmp_path):
+  """Under launch/multihost.sh each process draws its share of the samples
+  into one folder; the files and records are those of a one-process run."""
+  prompts = tmp_path / "p.txt"
+  prompts.write_text("red 3 moving up\nblue 7 moving left\ngreen 1 moving down\n")
+  (tmp_path / "two").mkdir()
+  (tmp_path / "two" / "0007.npy").write_text("stale")  # Removed: --overwrite.
+  for processes, devices, name in ((1, 2, "one"), (2, 1, "two")):
+    cmd = [
+      sys.executable, "-m", "imagen_video_jax.sample",
+      f"--config=configs/cascade.py:runlocal,workdir_root={runlocal_root}",
+      "--stages=base:tsr1", f"--prompts={prompts}", f"--outdir={tmp_path / name}",
+      "--num_samples=2", "--save_npy", "--overwrite",
+    ]  # fmt: skip
+    if processes > 1:
+      logs = str(tmp_path / f"logs_{name}")
+      launch = ["bash", "launch/multihost.sh", str(processes), str(devices), logs]
+      cmd = [*launch, "--", *cmd]
+    env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    proc = subprocess.run(
+      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  one, two = tmp_path / "one", tmp_path / "two"
+  assert sorted(os.listdir(one)) == sorted(os.listdir(two))
+  for i in range(6):
+    np.testing.assert_array_equal(
+      np.load(one / f"{i:04d}.npy"), np.load(two / f"{i:04d}.npy")
+    )
+
+  def records(folder):
+    lines = (folder / "samples.jsonl").read_text().splitlines()
+    drop = ("seconds", "stages")  # Wall times differ.
+    return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+
+  assert records(one) == records(two)
+  assert [r["index"] for r in records(two)] == list(range(6))
