@@ -36,8 +36,9 @@ from imagen_video_jax.models import text_encoder
 # Dense bf16 peak FLOP/s per device, by substring of `jax.Device.device_kind`.
 PEAK_FLOPS = (
   ("TPU v6", 918e12),
-  ("TPU v5p", 459e12),
-  ("TPU v5", 197e12),  # v5e / 'TPU v5 lite'.
+  ("TPU v5 lite", 197e12),  # v5e.
+  ("TPU v5e", 197e12),
+  ("TPU v5", 459e12),  # v5p ('TPU v5' or 'TPU v5p').
   ("TPU v4", 275e12),
   ("TPU v3", 123e12),
   ("H200", 989e12),

@@ -55,14 +55,19 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Global train batch (0 = the config's)
 _BATCH_PER_CHIP = flags.DEFINE_integer(
   "batch_per_chip", 1, "Samples (sample) or captions (text) per chip."
 )
+_STATE_ONLY = flags.DEFINE_bool(
+  "state_only", False, "Only the train state's bytes per chip (no lowering, seconds)."
+)
 _JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 
 GIB = 2**30
-# HBM per chip, by substring of `jax.Device.device_kind` (TPU v5e is 'TPU v5 lite').
+# HBM per chip, by substring of `jax.Device.device_kind`, first match (as
+# run_lib.PEAK_FLOPS): v5e is 'TPU v5 lite', v5p 'TPU v5'.
 HBM_BYTES = (
   ("TPU v6", 32 * GIB),
-  ("TPU v5p", 95 * GIB),
-  ("TPU v5", 16 * GIB),
+  ("TPU v5 lite", 16 * GIB),
+  ("TPU v5e", 16 * GIB),
+  ("TPU v5", 95 * GIB),
   ("TPU v4", 32 * GIB),
   ("TPU v3", 16 * GIB),
 )
@@ -79,7 +84,7 @@ class Report:
   state_bytes: dict[str, float]  # Per chip: params, opt_state, ema_params.
   replicated_bytes: dict[str, float]  # The same, unsharded.
   hbm_bytes: float  # 0 where the device kind is not in HBM_BYTES.
-  fits: bool
+  fits: bool | None  # None: not compiled (--state_only).
   compile_s: float
   memory: dict[str, float] | None = None  # Argument, temporary, output bytes.
   flops: float = 0.0
@@ -169,7 +174,7 @@ def _report(program, devices, mesh, batch, state, compiled, seconds, error) -> R
     state_bytes={k: tree_bytes(v, True) for k, v in state.items()},
     replicated_bytes={k: tree_bytes(v, False) for k, v in state.items()},
     hbm_bytes=hbm,
-    fits=compiled is not None,
+    fits=False if error else None,
     compile_s=seconds,
     peak_flops=peak,
     error=error,
@@ -201,8 +206,10 @@ def compile_train(config: Any, devices: list[Any]) -> Report:
     k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.input_sharding(mesh))
     for k, v in train_lib.batch_shapes(config, config.batch_size).items()
   }
-  compiled, seconds, error = _compile(step.lower(abstract_state, batch, text_params))
   state = {k: abstract_state[k] for k in ("params", "opt_state", "ema_params")}
+  if _STATE_ONLY.value:
+    return _report("train", devices, mesh, config.batch_size, state, None, 0.0, "")
+  compiled, seconds, error = _compile(step.lower(abstract_state, batch, text_params))
   return _report(
     "train", devices, mesh, config.batch_size, state, compiled, seconds, error
   )
@@ -297,7 +304,8 @@ def print_report(r: Report) -> None:
       f"{gib(m['temporary'])}, outputs {gib(m['output'])}, aliased "
       f"{gib(m['alias'])}: total {gib(m['total'])} of {hbm} HBM"
     )
-  print(f"  fits: {'yes' if r.fits else 'no'}{' (' + r.error + ')' if r.error else ''}")
+  fits = {True: "yes", False: "no", None: "not compiled"}[r.fits]
+  print(f"  fits: {fits}{' (' + r.error + ')' if r.error else ''}")
   if r.memory is not None:
     print(f"  FLOPs per call per chip: {r.flops:.4g}")
     if r.estimated_s:
