@@ -141,15 +141,13 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[Any, int]:
   saved = checkpointing.saved_config(workdir, config, where)
   if saved is not None and saved["model"].get("num_extra_scalars", 0):
     raise ValueError(f"{where} holds a distilled student, not a trained stage.")
-  step = checkpointing.latest_step(workdir)
-  if step is None:
-    raise ValueError(f"{where} holds no checkpoint.")
-  meta = checkpointing.checkpoint_meta(workdir, step)
-  checkpointing.check_same_stage(
-    meta["stage"], checkpointing.stage_summary(config), f"{where}, step {step},"
-  )
-  params = checkpointing.restore_ema_params(workdir, step)
-  return pipeline.as_variables(params)["params"], step
+  try:  # The newest readable checkpoint, its stage checked first (as sample.py).
+    params, meta = checkpointing.restore_ema(
+      workdir, stage=checkpointing.stage_summary(config)
+    )
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from e
+  return pipeline.as_variables(params)["params"], int(meta["step"])
 
 
 def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
