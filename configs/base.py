@@ -34,24 +34,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model = common.small_model(v, temporal="attention")
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # About 16 minutes on a 2-core CPU (launch/demo.sh).
-    # At 2e-3, colour was right after ~900 steps, the motion axis after ~1,200; the
-    # digit's identity comes last (README, "Demo results").
+    # The digit's identity is what the base learns last; the settings below are
+    # for it.
     config.total_steps = 1850
     config.ckpt_every = 1000  # A save stalls training ~10 s on 2 cores.
-    # 40% of the batches are images: one image batch holds B*T = 128 glyphs
-    # for the cost of 16 clips, and the digit is what the demo learns slowest
-    # (README, "Demo results": base alone at 1,800 steps, digit 0.64 with 40%
-    # images against 0.36 with 20%).
+    # 40% of the batches are images: one holds B*T = 128 glyphs for the cost of
+    # 16 clips (docs/EXPERIMENTS.md#2026-11-24-40-percent-image-batches-for-the-base).
     config.data.mixture = ml_collections.ConfigDict(
       {"bouncing_digits/videos": 0.6, "bouncing_digits/images": 0.4}
     )
-    # The digit is learning-rate hungry: base alone at 1,650 steps, digit
-    # right 53% / 88% / 94% with 2e-3 / 3e-3 / 4e-3, but the motion axis falls,
-    # 100% / 77% / 70%; a cosine decay from 2e-3 gave digit 25%.
+    # The digit is learning-rate hungry, the motion axis is not
+    # (docs/EXPERIMENTS.md#2026-11-24-base-learning-rate-3e-3-and-guidance-w-2) ...
     config.optim.learning_rate = 3e-3
-    # ... and a decay over the last 10% gives both: base alone on 256 test
-    # prompts, all three parts right 64% at a constant 3e-3 (digit 82%, axis
-    # 78%), 71% with the decay (axis 100%), 87% with the decay and 1,850 steps.
+    # ... and a decay over the last 10% gives both
+    # (docs/EXPERIMENTS.md#2026-11-25-base-learning-rate-decay-over-the-last-10-percent).
     config.optim.schedule = "wsd"
     config.optim.decay_fraction = 0.1
   return common.apply_options(config, opts)

@@ -103,16 +103,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if v == "demo":
     # Sized for launch/demo.sh's 30-minute CPU budget: guidance on the base
     # only (w = 0 skips the unconditional half of the SR stages' model calls).
-    # On the 1,650-step demo base, w = 2 against w = 1: motion axis right 83%
-    # against 77%, digit 88% both, colours all right (README, "Demo results");
-    # on an older base, w = 4 tinted backgrounds and lost colours.
-    # 8 SR steps judge as well as 16 (README, "Demo results") at half the cost.
+    # w = 2 keeps the motion axis better than w = 1, w = 4 loses colours
+    # (docs/EXPERIMENTS.md#2026-11-24-base-learning-rate-3e-3-and-guidance-w-2);
+    # 8 SR steps judge as well as 16 at half the cost
+    # (docs/EXPERIMENTS.md#2026-11-25-tsr1-without-spatial-attention-8-sr-sampling-steps).
     steps = {"base": 48, "tsr1": 8, "ssr1": 8, "ssr2": 16}
     guides = {"base": guidance("constant", w=2.0)}
     if opts.oscillating:  # Table 1's other row; w = 4 is the students' w_max.
       guides = {"base": guidance("oscillating", high=4.0, low=1.0)}
     # The demo's briefly trained SR stages lose colours under the paper's SNR 3
-    # (colour right 36% after ssr1); at logSNR 4 (SNR ~55) they keep them (100%).
+    # and keep them at logSNR 4 (SNR ~55)
+    # (docs/EXPERIMENTS.md#2026-11-24-sr-conditioning-sampled-at-logsnr-4).
     aug_logsnr = 4.0
     constant = guidance("constant", w=0.0)
   else:

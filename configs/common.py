@@ -93,7 +93,8 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   m.num_extra_scalars = 0  # Extra scalar conditions (distillation adds guidance w).
   # SR stages: predict the v of the residual x - cond (v_hat = out - sigma_t cond),
   # so an untrained net already copies its input; needs parameterization 'v'. Off:
-  # the demo's SR stages then also copy the base's flaws (README, "Demo results").
+  # the demo's SR stages then also copy the base's flaws
+  # (docs/EXPERIMENTS.md#2026-11-30-cond_skip-sr-stages-predicting-a-residual).
   m.cond_skip = False
   m.dtype = "float32"  # Compute dtype; parameters stay float32.
   m.remat = "none"  # Rematerialisation: 'none' | 'block'.
@@ -171,16 +172,16 @@ def stage_config(
   c.diffusion.schedule = "cosine"  # Continuous logSNR schedule.
   c.diffusion.logsnr_min = -20.0  # lambda_min of the schedule.
   # lambda_max of the schedule. The demo stops at 8: its samplers' last model
-  # call is at lambda ~6 (48 base steps) or ~3 (8 SR steps), and above lambda 5
-  # the v-MSE stays at 0.2-1 (the small nets cannot pull the tiny noise out of
-  # the clip), so those ~5% of draws made half the loss and its gradient noise.
+  # call is at lambda ~6 (48 base steps) or ~3 (8 SR steps), and the draws above
+  # made much of the loss's gradient noise
+  # (docs/EXPERIMENTS.md#2026-11-24-schedule-up-to-logsnr-8).
   c.diffusion.logsnr_max = 8.0 if variant == "demo" else 20.0
   c.diffusion.t_sampling = "antithetic"  # 'uniform' | 'antithetic' draw of t.
   c.diffusion.text_dropout = 0.1  # Caption dropout for classifier-free guidance.
   # Noise conditioning augmentation range (SR stages; paper Sec. 2.5). The
-  # demo's 200-step SR stages keep lambda' >= 2, so that every draw shows them a
-  # usable input to copy: with -5 they lost colour and digit (colour 77%, digit
-  # 19% after ssr1 on a base at 100% / 36%); with 2, 100% / 31%.
+  # demo's briefly trained SR stages keep lambda' >= 2, so that every draw shows
+  # them a usable input to copy
+  # (docs/EXPERIMENTS.md#2026-11-24-sr-noise-augmentation-from-logsnr-2).
   c.diffusion.aug_logsnr_min = 2.0 if variant == "demo" else -5.0
   c.diffusion.aug_logsnr_max = 20.0
   # TSR stages: input frames 'repeat'ed (paper Sec. 2.2) or blended 'linear'ly in time.
@@ -286,7 +287,8 @@ def distill_config(
   # How the teacher's x_hat is thresholded in stage two's DDIM steps (and the
   # student's when sampled): dynamic for the paper's high guidance weights; static
   # (clip to [-1, 1]) where w is small, as the demo's: dynamic thresholding greys
-  # the demo teacher's DDIM samples (docs/EXPERIMENTS.md, 2026-12-02).
+  # the demo teacher's DDIM samples
+  # (docs/EXPERIMENTS.md#2026-12-02-static-clipping-of-the-teachers-ddim-steps-the-demos-grey-students).
   d.thresholding = "dynamic" if d.w_max > 4 else "static"  # Or 'none'.
   d.optim = optim.copy_and_resolve_references()  # A fresh optimizer every round.
   # A tenth of the demo's training rate: the student starts at a trained net.

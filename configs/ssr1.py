@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # Minutes on a 2-core CPU: 16x16 crops, a quarter of the cost,
     # of 4-frame runs: a step costs a third of a 16-frame one, so 800 steps train
-    # in about the time of 200 and keep the digits (README, "Demo results").
+    # in about the time of 200 and keep the digits
+    # (docs/EXPERIMENTS.md#2026-11-30-sr-stages-on-4-frame-runs).
     config.stage.crop = (16, 16)
     config.stage.crop_frames = 4
     config.total_steps = 800

@@ -36,21 +36,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     # The demo trains on 8x8 crops, where the lowest level is 2x2 (4x4 when
-    # sampling full frames); without its spatial attention tsr1 trained in 164 s
-    # against 194 s and kept as many digits (README, "Demo results").
+    # sampling full frames); without spatial attention it trains faster and keeps
+    # as many digits
+    # (docs/EXPERIMENTS.md#2026-11-25-tsr1-without-spatial-attention-8-sr-sampling-steps).
     model = common.small_model(v, temporal="conv", spatial_attention=v != "demo")
   config = common.stage_config(stage, input_stage, model, v)
   if v == "demo":  # Minutes on a 2-core CPU (launch/demo.sh).
-    # Copying the base's digits is what these steps must learn. On 8x8 crops
-    # (conditioning 8x8 too) 300 steps cost what 200 full-size steps did and
-    # kept more digits (base + tsr1 on 256 test prompts, digit right 0.81
-    # against 0.75); on 4-frame runs of them 1,200 steps cost little more
-    # again (README, "Demo results").
+    # Copying the base's digits is what these steps must learn; crops and
+    # 4-frame runs buy more steps in the same minutes
+    # (docs/EXPERIMENTS.md#2026-11-25-tsr1-on-8x8-crops,
+    # docs/EXPERIMENTS.md#2026-11-30-sr-stages-on-4-frame-runs).
     config.stage.crop = (8, 8)
     config.stage.crop_frames = 4  # Runs of 4 frames (2 input frames): 3x the steps/s.
     config.total_steps = 1200
     config.optim.warmup_steps = 20  # 100 would be most of so short a run.
-    # Digit right 51% at 2e-3, 64% at 3e-3 (200 full-size steps).
+    # It keeps more digits than 2e-3
+    # (docs/EXPERIMENTS.md#2026-11-24-tsr1-learning-rate-3e-3).
     config.optim.learning_rate = 3e-3
     # Videos only: single frames teach a temporal SR stage nothing temporal, and
     # on a CPU the second compiled step (image batches) costs most of a minute.

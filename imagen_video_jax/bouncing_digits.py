@@ -1,6 +1,6 @@
 """Bouncing digits: the built-in text-to-video dataset, rendered in pure numpy.
 
-The renderer is the contract of /work/shared/BOUNCING_DIGITS.md: handwritten
+The renderer is the contract of docs/BOUNCING_DIGITS.md: handwritten
 8x8 glyphs from `sklearn.datasets.load_digits`, resized to 24x24 and coloured,
 bounce along one axis on a 64x64 black canvas for 16 frames. Captions follow
 the text-conditioned Bouncing MNIST of Sync-DRAW (Mittal et al., 2017) with a

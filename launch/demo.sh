@@ -25,7 +25,7 @@ export XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES $USER_XLA_FLAG
 # XLA:CPU maps its temporaries afresh at every call (~400 MB a base step), and
 # the kernel faults them in 4 KB at a time: a fifth of the step's CPU time.
 # glibc's malloc then asks for transparent huge pages (no effect where they
-# are off, or in glibc < 2.35): the base's step ~10% faster (README).
+# are off, or in glibc < 2.35): the base's step ~10% faster (docs/CPU.md).
 export GLIBC_TUNABLES="glibc.malloc.hugetlb=1${GLIBC_TUNABLES:+:$GLIBC_TUNABLES}"
 mkdir -p "$RUN"
 
@@ -49,7 +49,8 @@ train base "$DEVICES"
 # tsr1 and ssr1 learn from ground truth, not from the base, so they train side
 # by side on half the devices each: their starts and compiles overlap, and a job
 # on one device waits on no all-reduce (on 2 cores 8.7 minutes for the pair
-# against 10.5 one after the other; README, "Demo results").
+# against 10.5 one after the other;
+# docs/EXPERIMENTS.md#2026-11-30-tsr1-and-ssr1-side-by-side-one-device-each).
 HALF=$((DEVICES > 1 ? DEVICES / 2 : 1))
 train tsr1 "$HALF" &
 TSR1=$!

@@ -12,5 +12,5 @@ export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
 # asks it for TPU topologies explicitly).
 export JAX_PLATFORMS=cpu
 # No huge pages here (launch/demo.sh sets them for training): the tests' many
-# small compiles ran ~6% slower with them (README, "Demo results").
+# small compiles ran ~6% slower with them (docs/CPU.md#huge-pages-for-xlas-temporaries).
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,4 +1,4 @@
-"""TFDS builder for bouncing digits (see README.md and BOUNCING_DIGITS spec).
+"""TFDS builder for bouncing digits (spec: docs/BOUNCING_DIGITS.md).
 
 Build from the repository root with
   tfds build data/bouncing_digits --config=videos --data_dir=~/tensorflow_datasets

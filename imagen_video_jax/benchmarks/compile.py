@@ -21,7 +21,9 @@ it implies (an estimate, not a measurement) and the compile time. A program
 that does not fit the chip's HBM fails to compile on TPU; that is printed as
 "fits: no" with the compiler's message.
 
-Only one process may hold libtpu at a time (shared/NOTES.md).
+Only one process may hold libtpu at a time; one killed while holding it leaves
+`libtpu_lockfile` in the system temporary folder, and the next one aborts until
+that file is removed.
 """
 
 import contextlib

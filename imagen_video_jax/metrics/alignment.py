@@ -1,6 +1,6 @@
 """Prompt alignment of bouncing-digits videos: digit, colour and motion axis.
 
-The judge of /work/shared/BOUNCING_DIGITS.md ("What correct means"). A video
+The judge of docs/BOUNCING_DIGITS.md ("What correct means"). A video
 matches its prompt "the {colour} digit {d} is moving {axis}" when
 
 - digit: a classifier fitted on glyph crops of *train*-split videos only
@@ -65,7 +65,7 @@ def to_resolution(
   """Takes videos to a stage's frames and resolution, as the stages' data.
 
   Temporal: frame skipping (every (T / frames)-th frame). Spatial: antialiased
-  bilinear resizing with the input pipeline's `resize` (BOUNCING_DIGITS.md,
+  bilinear resizing with the input pipeline's `resize` (docs/BOUNCING_DIGITS.md,
   "How stages see it").
 
   Args:

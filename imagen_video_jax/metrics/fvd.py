@@ -78,7 +78,8 @@ def conv3d_as_2d(
   frames are stacked along channels (kt*C) and the kernel's time taps along its
   input channels, frames fold into the batch, and a 2-D convolution does the
   rest. The same sums in another order (I3D's logits agree to ~2e-6 relative),
-  and XLA:CPU runs it about twice as fast as its 3-D convolution (README).
+  and XLA:CPU runs it about twice as fast as its 3-D convolution
+  (docs/EXPERIMENTS.md#2026-11-30-fvd-with-3-d-convolutions-run-as-2-d-ones).
   Returns [B, T', H', W', O].
   """
   kt, kh, kw, c, o = kernel.shape
