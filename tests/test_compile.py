@@ -8,6 +8,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One process may hold libtpu at a time: the tests that load it share an xdist worker.
+libtpu_group = pytest.mark.xdist_group("libtpu")
 
 
 def compile_report(tmp_path, *flags: str, devices: int = 2) -> dict:
@@ -34,6 +36,7 @@ def compile_report(tmp_path, *flags: str, devices: int = 2) -> dict:
 
 
 @pytest.mark.slow
+@libtpu_group
 def test_runlocal_base_train_step_compiles_for_a_v5e_topology(tmp_path):
   pytest.importorskip("libtpu")
   r = compile_report(
@@ -65,6 +68,7 @@ def test_sampling_loop_compiles_for_the_local_devices(tmp_path):
   assert r["memory"]["argument"] >= r["state_bytes"]["params"] and r["flops"] > 0
 
 
+@libtpu_group
 @pytest.mark.parametrize(
   "flags, match",
   [
