@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=eval source launch/venv.sh  # The demo needs no test tools.
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}  # A CPU demo (quiet where libtpu is installed).
 RUN=${RUN:-runs/demo}
 DATA=${DATA:-data/built}
 TRAIN_SIZE=${TRAIN_SIZE:-4000}

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=eval source launch/venv.sh
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}  # A CPU demo (quiet where libtpu is installed).
 RUN=${RUN:-runs/demo}
 DATA=${DATA:-data/built}
 NUM_PROMPTS=${NUM_PROMPTS:-64}

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=eval source launch/venv.sh
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}  # A CPU demo (quiet where libtpu is installed).
 RUN=${RUN:-runs/demo}
 OUT=${OUT:-$RUN/table1}
 NUM_PROMPTS=${NUM_PROMPTS:-64}  # Test prompts; the first 64 are launch/demo.sh's.

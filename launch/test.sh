@@ -13,7 +13,8 @@ export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
 export JAX_PLATFORMS=cpu
 # No huge pages here (launch/demo.sh sets them for training): the tests' many
 # small compiles ran ~6% slower with them (docs/CPU.md#huge-pages-for-xlas-temporaries).
-# Two workers (the tests are mostly single-threaded XLA compiles); the tests that
-# load libtpu share one (xdist_group), as only one process may hold it.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadgroup \
+# TEST_WORKERS=2 runs two xdist workers (the tests that load libtpu share one, as
+# only one process may hold it); serial by default: on 2 cores the workers' training
+# subprocesses ran past their timeouts.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-0}" --dist loadgroup \
   --durations=15 "$@"

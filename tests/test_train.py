@@ -228,7 +228,11 @@ def test_max_bad_steps_waits_for_the_save_and_reports_one_line(
   assert proc.wait(timeout=600) == 1
   assert os.listdir(tmp_path / "checkpoints") == ["10"]
   text = log.read_text()
-  errors = [line for line in text.splitlines() if line.startswith("E")]
+  errors = [  # XLA's own slow-compile alarms (a loaded machine) are not the run's.
+    line
+    for line in text.splitlines()
+    if line.startswith("E") and "slow_operation_alarm" not in line
+  ]
   assert len(errors) == 1 and "RuntimeError: 10 non-finite steps in a row" in errors[0]
   assert "Traceback" not in text
 
