@@ -95,8 +95,6 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   # so an untrained net already copies its input; needs parameterization 'v'. Off:
   # the demo's SR stages then also copy the base's flaws (README, "Demo results").
   m.cond_skip = False
-  m.dtype = "float32"  # Compute dtype; parameters stay float32.
-  m.remat = "none"  # Rematerialisation: 'none' | 'block'.
   m.update(overrides)
   return m
 
@@ -240,8 +238,6 @@ def apply_options(
     config.batch_size = opts.batch
   if opts.get("steps"):
     config.total_steps = opts.steps
-  config.model.dtype = config.dtype
-  config.model.remat = config.remat
   return config
 
 

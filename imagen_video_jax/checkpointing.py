@@ -63,6 +63,8 @@ def saved_config(
     return None
   with open(path) as f:
     saved = json.load(f)
+  for key in ("dtype", "remat"):  # Older workdirs copied config.dtype/remat here.
+    saved.get("model", {}).pop(key, None)
   check_same_stage(saved["stage"], stage_summary(config), where)
   return saved
 

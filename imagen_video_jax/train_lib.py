@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from imagen_video_jax import config_utils
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import losses, schedules
 from imagen_video_jax.models import t5, video_unet
@@ -154,16 +155,11 @@ def bucket_sums(loss: jax.Array, logsnr: jax.Array) -> tuple[jax.Array, jax.Arra
 # Model, state and the train step.
 # --------------------------------------------------------------------------- #
 def make_model(config: ml_collections.ConfigDict) -> video_unet.VideoUNet:
-  """VideoUNet(**config.model) with the run's compute dtype and remat policy."""
-  if config.remat not in ("none", "block", "full"):
-    raise ValueError(f"config.remat={config.remat!r}; expected none, block or full.")
+  """VideoUNet(**config.model) with the run's config.dtype and config.remat."""
+  config_utils.check_compute(config)
   stages.check_conditioning(config.stage.name, config)
   return video_unet.VideoUNet(
-    **dict(
-      config.model,
-      dtype=config.dtype,
-      remat="none" if config.remat == "none" else "block",
-    )
+    **config.model, dtype=config.dtype, remat=config.remat != "none"
   )
 
 

@@ -208,7 +208,7 @@ def test_bf16_remat_matches_f32(attn_model):
   m = attn_model
   kw = _inputs(m.config)
   ref = m.apply(m.params, kw)
-  net = video_unet.VideoUNet(**dict(m.config.model, dtype="bfloat16", remat="block"))
+  net = video_unet.VideoUNet(**dict(m.config.model, dtype="bfloat16", remat=True))
   out = _jit_apply(net)(m.params, kw)
   assert out.dtype == jnp.float32
   rel = np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref**2))

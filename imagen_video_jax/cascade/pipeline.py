@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from imagen_video_jax import train_lib
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import guidance, samplers, schedules
-from imagen_video_jax.models import video_unet
 
 Array = jax.Array
 # stage_fn(variables, keys [B, 2], text_emb [B, L, D], text_mask [B, L],
@@ -160,7 +160,6 @@ def make_stage_fn(
     stage_fn(variables, keys [B, 2], text_emb [B, L, D], text_mask [B, L],
     prev [B, T', H', W', 3] or None) -> video [B, T, H, W, 3] in [-1, 1].
   """
-  model = video_unet.VideoUNet(**config.model)
   frames, height, width = config.stage.frames, config.stage.height, config.stage.width
   steps = int(settings.steps)
   g = settings.guidance
@@ -173,7 +172,7 @@ def make_stage_fn(
   logsnr_fn = schedules.get_logsnr_fn(d.schedule, d.logsnr_min, d.logsnr_max)
   is_sr = config.stage.input is not None
   stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
-  stages.check_conditioning(config.stage.name, config)
+  model = train_lib.make_model(config)  # Checks the conditioning too.
 
   def one(variables, key, emb, mask, prev):
     """One sample: key [2], emb [L, D], mask [L], prev [T', H', W', 3] or None."""
