@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from imagen_video_jax import checkpoint_io, config_utils, sharding
+from imagen_video_jax import checkpoint_io, config_utils, files, sharding
 
 # Stage keys that must agree between a checkpoint and the config resuming it.
 _STAGE_KEYS = ("name", "frames", "height", "width")
@@ -96,19 +96,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     if stage is not None:
       check_same_stage(stage, stage_summary(config), f"{where} (its checkpoints)")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    files.check_writable(workdir)
   except OSError as e:
     raise ValueError(f"Workdir {workdir!r} is not writable: {e}") from e
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config.to_json(indent=2))
-    os.replace(tmp, path)  # Atomic: never a half-written config.json.
+    files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 def checkpoints_stage(workdir: str) -> dict[str, Any] | None:

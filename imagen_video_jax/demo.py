@@ -22,7 +22,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import bouncing_digits, evaluate, video_io
+from imagen_video_jax import bouncing_digits, evaluate, files, video_io
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
@@ -38,10 +38,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 def write_prompts(path: str, num: int, split: str = "test", seed: int = 0) -> None:
   """Writes the captions of `split` videos 0..num-1, one per line."""
   lines = [bouncing_digits.render_video(split, i, seed)["caption"] for i in range(num)]
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+  files.write_text(path, "\n".join(lines) + "\n")
 
 
 def stage_summary(workdir: str) -> dict[str, float]:

@@ -41,7 +41,14 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from imagen_video_jax import checkpointing, config_utils, run_lib, sharding, video_io
+from imagen_video_jax import (
+  checkpointing,
+  config_utils,
+  files,
+  run_lib,
+  sharding,
+  video_io,
+)
 from imagen_video_jax.cascade import pipeline, stages
 from imagen_video_jax.models import text_encoder
 
@@ -104,7 +111,7 @@ def _tuples(tree: Any) -> Any:
 
 def _contents(outdir: str) -> list[str]:
   """The folder's files, without the probes of _prepare_outdir (of any host)."""
-  return [n for n in os.listdir(outdir) if not n.startswith(".write_test.")]
+  return [n for n in os.listdir(outdir) if not n.startswith(files.PROBE_PREFIX)]
 
 
 def _prepare_outdir(outdir: str, overwrite: bool) -> None:
@@ -115,13 +122,9 @@ def _prepare_outdir(outdir: str, overwrite: bool) -> None:
   if os.path.isdir(outdir) and _contents(outdir) and not overwrite:
     raise ValueError(f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it.")
   try:
-    os.makedirs(outdir, exist_ok=True)
-    # Written and removed in the parent too: an overwrite's samples go there first.
+    # Probed in the parent too: an overwrite's samples go there first.
     for folder in (outdir, os.path.dirname(os.path.abspath(outdir))):
-      probe = os.path.join(folder, f".write_test.{os.getpid()}")
-      with open(probe, "w") as f:
-        f.write("ok")
-      os.remove(probe)
+      files.check_writable(folder)
   except OSError as e:
     raise ValueError(f"--outdir={outdir!r} is not writable: {e}") from e
 
@@ -178,10 +181,9 @@ def _index(record: dict) -> int:
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-  os.replace(tmp, path)
+  files.write_text(
+    path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  )
 
 
 def sample(
