@@ -168,6 +168,38 @@ def text_dim(config: ml_collections.ConfigDict) -> int:
   return t5.t5_config(config.text.t5_size).d_model
 
 
+def dummy_inputs(
+  config: ml_collections.ConfigDict,
+  batch: int = 1,
+  frames: int | None = None,
+  height: int | None = None,
+  width: int | None = None,
+  text_length: int = 8,
+) -> dict:
+  """Zero inputs of the right shapes for the stage's VideoUNet init/apply.
+
+  Frames and resolution default to the stage's (config.stage); parameter
+  shapes do not depend on them.
+  """
+  m = config.model
+  t = frames or config.stage.frames
+  h = height or config.stage.height
+  w = width or config.stage.width
+  kw = dict(
+    z=jnp.zeros((batch, t, h, w, m.out_channels), jnp.float32),
+    logsnr=jnp.zeros((batch,), jnp.float32),
+    text=jnp.zeros((batch, text_length, text_dim(config)), jnp.float32),
+    text_mask=jnp.ones((batch, text_length), bool),
+  )
+  if m.cond_channels:
+    kw["cond_video"] = jnp.zeros((batch, t, h, w, m.cond_channels), jnp.float32)
+  if m.use_aug_embedding:
+    kw["aug_logsnr"] = jnp.zeros((batch,), jnp.float32)
+  if m.num_extra_scalars:
+    kw["extra_scalars"] = jnp.zeros((batch, m.num_extra_scalars), jnp.float32)
+  return kw
+
+
 def stage_hw(stage: ml_collections.ConfigDict) -> tuple[int, int]:
   """Training height and width: the crop's when the stage trains on crops."""
   return tuple(stage.crop) if stage.get("crop") else (stage.height, stage.width)
@@ -184,25 +216,18 @@ def make_init_fn(
   tx: optax.GradientTransformation,
 ) -> Callable[[jax.Array], dict[str, Any]]:
   """rng -> initial train state {step, params, opt_state, ema_params} (boxed)."""
-  stage, length = config.stage, config.text.max_length
-  is_sr = stage.input is not None
-  n_extra = config.model.num_extra_scalars  # A distillation student's w.
-  x_shape = (1, stage_frames(stage), *stage_hw(stage), config.model.out_channels)
+  stage = config.stage
+  height, width = stage_hw(stage)
 
   def init_fn(rng: jax.Array) -> dict[str, Any]:
-    variables = model.init(
-      {"params": rng, "dropout": rng},
-      jnp.zeros(x_shape),
-      jnp.zeros((1,)),
-      jnp.zeros((1, length, text_dim(config))),
-      jnp.ones((1, length), bool),
-      cond_video=jnp.zeros(x_shape[:-1] + (config.model.cond_channels,))
-      if is_sr
-      else None,
-      aug_logsnr=jnp.zeros((1,)) if is_sr else None,
-      is_image=jnp.zeros((1,), bool),
-      extra_scalars=jnp.zeros((1, n_extra)) if n_extra else None,
+    inputs = dummy_inputs(
+      config,
+      frames=stage_frames(stage),
+      height=height,
+      width=width,
+      text_length=config.text.max_length,
     )
+    variables = model.init({"params": rng, "dropout": rng}, **inputs)
     params = variables["params"]
     return dict(
       step=jnp.zeros((), jnp.int32),
