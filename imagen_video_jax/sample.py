@@ -329,7 +329,9 @@ def sample(
       # Padded with copies of this host's last job.
       index = mine[np.minimum(np.arange(start, start + batch), len(mine) - 1)]
       pidx = np.asarray(jobs)[index]
-      keys = np.stack([jax.random.PRNGKey(seed + int(i)) for i in index])
+      keys = np.stack(
+        [jax.random.key_data(jax.random.key(seed + int(i))) for i in index]
+      )
       put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
       emb, mask = put(text_emb[pidx]), put(text_mask[pidx])
       video = None

@@ -36,7 +36,7 @@ def _random_variables(config, seed):
   kw = {} if s.input is None else dict(cond_video=z, aug_logsnr=jnp.zeros((1,)))
   shapes = jax.eval_shape(
     video_unet.VideoUNet(**config.model).init,
-    jax.random.PRNGKey(0),
+    jax.random.key(0),
     z,
     jnp.zeros((1,)),
     jnp.zeros((1, 4, t5.t5_config(config.text.t5_size).d_model)),
@@ -271,8 +271,8 @@ def test_sample_is_independent_of_its_batch(runlocal_root):
     checkpointing.restore_ema_params(str(runlocal_root / "base"))
   )
   fn = jax.jit(pipeline.make_stage_fn(config, settings))
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  emb = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 64))
+  keys = jax.random.key_data(jax.random.split(jax.random.key(0), 3))
+  emb = jax.random.normal(jax.random.key(1), (3, 5, 64))
   mask = jnp.ones((3, 5), bool)
   out = fn(variables, keys, emb, mask, None)
   assert out.shape == (3, 2, 8, 8, 3)
