@@ -262,7 +262,7 @@ def test_i3d_runs_every_convolution_as_2d(monkeypatch):
     fvd, "conv3d_as_2d", lambda x, k, *a: calls.append(k.shape) or real(x, k, *a)
   )
   videos = jax.ShapeDtypeStruct((1, 16, 32, 32, 3), np.uint8)
-  out = jax.eval_shape(fvd._logits.__wrapped__, variables, videos)
+  out = jax.eval_shape(fvd.i3d_logits.__wrapped__, variables, videos)
   assert out.shape == (1, fvd.FEATURE_DIM)
   assert sorted(calls) == sorted(k.shape for k in kernels) and len(calls) == 58
 

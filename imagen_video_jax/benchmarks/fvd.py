@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
   variables = fvd.i3d_variables()
   paths = {
     "3-D convolutions": lambda x: fid.map_batches(
-      functools.partial(fvd._logits, conv_as_2d=False), variables, x, _BATCH.value
+      functools.partial(fvd.i3d_logits, conv_as_2d=False), variables, x, _BATCH.value
     ),
     "fvd.i3d_features": lambda x: fvd.i3d_features(x, _BATCH.value),
   }

@@ -124,7 +124,7 @@ def _conv3d_interceptor(
 
 
 @functools.partial(jax.jit, static_argnames="conv_as_2d")
-def _logits(
+def i3d_logits(
   variables: dict, videos: jax.Array, conv_as_2d: bool | None = None
 ) -> jax.Array:
   """I3D logits [B, 400]; 3-D convolutions as 2-D ones by default on CPU only
@@ -145,7 +145,7 @@ def i3d_features(videos: np.ndarray, batch_size: int = 8) -> np.ndarray:
     raise ValueError(
       f"videos must be uint8 [N, T, H, W, 3]; got {videos.dtype} {videos.shape}."
     )
-  return fid.map_batches(_logits, i3d_variables(), videos, batch_size)
+  return fid.map_batches(i3d_logits, i3d_variables(), videos, batch_size)
 
 
 def fvd(videos1: np.ndarray, videos2: np.ndarray, batch_size: int = 8) -> float:
