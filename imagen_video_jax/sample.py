@@ -49,7 +49,7 @@ from imagen_video_jax import (
   sharding,
   video_io,
 )
-from imagen_video_jax.cascade import pipeline, stages
+from imagen_video_jax.cascade import inputs, pipeline, stages
 from imagen_video_jax.models import text_encoder
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cascade.py:VARIANT")
@@ -243,12 +243,12 @@ def sample(
   # ------------------------------------------------------------------------ #
   # Prompts, output folder, input video.
   # ------------------------------------------------------------------------ #
-  prompts = pipeline.read_prompts(prompts_path)
+  prompts = inputs.read_prompts(prompts_path)
   _prepare_outdir(outdir, overwrite)
   first_input = None
   if input_video:
     frames, _ = video_io.read_video(input_video)
-    first_input = pipeline.load_input_video(frames, *stages.input_shape(configs[0]))
+    first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]))
 
   # ------------------------------------------------------------------------ #
   # Each stage's EMA parameters, replicated on every device.
@@ -263,7 +263,7 @@ def sample(
   # Text: encoded once, shared by all stages.
   # ------------------------------------------------------------------------ #
   encoder = text_encoder.TextEncoder.from_config(text_config)
-  pipeline.warn_truncated(prompts, encoder.tokenizer)
+  inputs.warn_truncated(prompts, encoder.tokenizer)
   text_emb, text_mask = encoder.encode(prompts)
   text_emb, text_mask = np.asarray(text_emb), np.asarray(text_mask)
 
@@ -278,7 +278,7 @@ def sample(
     if bar is not None and int(step) + 1 > bar.n:
       bar.update(int(step) + 1 - bar.n)
 
-  batch = pipeline.padded_batch(cascade.batch_size, jax.local_device_count())
+  batch = inputs.padded_batch(cascade.batch_size, jax.local_device_count())
 
   def spec(shape, dtype):  # A batch-sharded argument of the stages.
     return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
