@@ -23,6 +23,20 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
   return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Antialiased bilinear resize, frame by frame: uint8 [T,h,w,3] -> [T,H,W,3]."""
+  if frames.shape[1:3] == (height, width):
+    return frames
+  # PIL scales the bilinear kernel's support with the down-sampling factor,
+  # i.e. it low-pass filters (antialiases) before sampling.
+  return np.stack(
+    [
+      np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR))
+      for f in frames
+    ]
+  )
+
+
 def _check_video(video: np.ndarray) -> np.ndarray:
   video = np.asarray(video)
   if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
