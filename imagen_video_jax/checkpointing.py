@@ -35,7 +35,7 @@ _STAGE_KEYS = ("name", "frames", "height", "width")
 # --------------------------------------------------------------------------- #
 # Workdir and its config.json.
 # --------------------------------------------------------------------------- #
-def stage_summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def stage_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The keys identifying a stage: name, frames, height, width."""
   return {k: config.stage[k] for k in _STAGE_KEYS}
 
@@ -65,7 +65,7 @@ def saved_config(
     saved = json.load(f)
   for key in ("dtype", "remat"):  # Older workdirs copied config.dtype/remat here.
     saved.get("model", {}).pop(key, None)
-  check_same_stage(saved["stage"], stage_summary(config), where)
+  check_same_stage(saved["stage"], stage_identity(config), where)
   return saved
 
 
@@ -94,7 +94,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   else:
     stage = checkpoints_stage(workdir)
     if stage is not None:
-      check_same_stage(stage, stage_summary(config), f"{where} (its checkpoints)")
+      check_same_stage(stage, stage_identity(config), f"{where} (its checkpoints)")
   try:
     files.check_writable(workdir)
   except OSError as e:
@@ -354,7 +354,7 @@ def restore_ema(
   Args:
     workdir: a training workdir (holding `checkpoints/`).
     step: checkpoint step; None for the newest readable.
-    stage: the stage (`stage_summary`) the checkpoint must belong to; checked
+    stage: the stage (`stage_identity`) the checkpoint must belong to; checked
       in its meta before any parameter is read.
 
   Returns:

@@ -231,7 +231,7 @@ def sample(
   for name, workdir, config, s in zip(names, workdirs, configs, settings):
     try:
       params, meta = checkpointing.restore_ema(
-        workdir, stage=checkpointing.stage_summary(config)
+        workdir, stage=checkpointing.stage_identity(config)
       )
     except (ValueError, OSError) as e:
       raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e

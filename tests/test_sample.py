@@ -67,7 +67,7 @@ def save_runlocal_checkpoints(root):
     checkpointing.prepare_workdir(workdir, config)
     params = _random_variables(config, i)["params"]  # As train.py saves them.
     ckpt = checkpointing.Checkpointer(
-      workdir, stage=checkpointing.stage_summary(config), async_save=False
+      workdir, stage=checkpointing.stage_identity(config), async_save=False
     )
     state = dict(
       params=params, opt_state={"count": np.zeros(())}, ema_params=params, step=0
