@@ -96,8 +96,6 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   # the demo's SR stages then also copy the base's flaws
   # (docs/EXPERIMENTS.md#2026-11-30-cond_skip-sr-stages-predicting-a-residual).
   m.cond_skip = False
-  m.dtype = "float32"  # Compute dtype; parameters stay float32.
-  m.remat = "none"  # Rematerialisation: 'none' | 'block'.
   m.update(overrides)
   return m
 
@@ -241,8 +239,6 @@ def apply_options(
     config.batch_size = opts.batch
   if opts.get("steps"):
     config.total_steps = opts.steps
-  config.model.dtype = config.dtype
-  config.model.remat = config.remat
   return config
 
 

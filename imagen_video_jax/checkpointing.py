@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from imagen_video_jax import checkpoint_io, config_utils, sharding
+from imagen_video_jax import checkpoint_io, config_utils, files, sharding
 
 # Stage keys that must agree between a checkpoint and the config resuming it.
 _STAGE_KEYS = ("name", "frames", "height", "width")
@@ -35,7 +35,7 @@ _STAGE_KEYS = ("name", "frames", "height", "width")
 # --------------------------------------------------------------------------- #
 # Workdir and its config.json.
 # --------------------------------------------------------------------------- #
-def stage_summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def stage_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The keys identifying a stage: name, frames, height, width."""
   return {k: config.stage[k] for k in _STAGE_KEYS}
 
@@ -63,7 +63,9 @@ def saved_config(
     return None
   with open(path) as f:
     saved = json.load(f)
-  check_same_stage(saved["stage"], stage_summary(config), where)
+  for key in ("dtype", "remat"):  # Older workdirs copied config.dtype/remat here.
+    saved.get("model", {}).pop(key, None)
+  check_same_stage(saved["stage"], stage_identity(config), where)
   return saved
 
 
@@ -92,21 +94,13 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   else:
     stage = checkpoints_stage(workdir)
     if stage is not None:
-      check_same_stage(stage, stage_summary(config), f"{where} (its checkpoints)")
+      check_same_stage(stage, stage_identity(config), f"{where} (its checkpoints)")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    files.check_writable(workdir)
   except OSError as e:
     raise ValueError(f"Workdir {workdir!r} is not writable: {e}") from e
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config.to_json(indent=2))
-    os.replace(tmp, path)  # Atomic: never a half-written config.json.
+    files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
 
 def checkpoints_stage(workdir: str) -> dict[str, Any] | None:
@@ -360,7 +354,7 @@ def restore_ema(
   Args:
     workdir: a training workdir (holding `checkpoints/`).
     step: checkpoint step; None for the newest readable.
-    stage: the stage (`stage_summary`) the checkpoint must belong to; checked
+    stage: the stage (`stage_identity`) the checkpoint must belong to; checked
       in its meta before any parameter is read.
 
   Returns:

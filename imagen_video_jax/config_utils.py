@@ -30,16 +30,29 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-# What fixes a workdir's parameters and their meaning: the network (not its
-# compute dtype or remat, which change no parameter), the text encoder it was
-# trained with, and the stage's shape and input. (stage.crop and crop_frames
+# Compute settings of a run (they change no parameter, so a resume may change
+# them): config.dtype, the compute dtype of the U-Net and T5 (parameters stay
+# float32); config.remat, what the backward pass recomputes: nothing, each U-Net
+# block (nn.remat), or the whole loss (jax.checkpoint).
+DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "block", "full")
+
+
+def check_compute(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming config.dtype or config.remat if out of its list."""
+  for key, allowed in (("dtype", DTYPES), ("remat", REMATS)):
+    if config[key] not in allowed:
+      raise ValueError(f"config.{key}={config[key]!r} must be one of {allowed}.")
+
+
+# What fixes a workdir's parameters and their meaning: the network, the text
+# encoder it was trained with, and the stage's shape and input. (stage.crop and crop_frames
 # choose what a step sees, not the network: a resume may change them.)
 _NETWORK_KEYS = (
   ("model", None),
   ("text", None),
   ("stage", ("name", "frames", "height", "width", "fps", "input")),
 )
-_NOT_NETWORK = ("model.dtype", "model.remat")
 
 
 def network_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
@@ -59,7 +72,7 @@ def network_differences(saved: dict, config: ml_collections.ConfigDict) -> list[
     before, now = saved.get(section) or {}, current.get(section) or {}
     for key in keys or sorted(before.keys() | now.keys()):
       name = f"{section}.{key}"
-      if name in _NOT_NETWORK or key not in before:
+      if key not in before:
         continue
       if before[key] != now.get(key):
         out.append(f"{name}: {before[key]!r} -> {now.get(key)!r}")
@@ -85,6 +98,7 @@ def check_run_config(
   Raises:
     ValueError: naming every key out of range, with its value and the range.
   """
+  check_compute(config)
   errors = []
 
   def need(key: str, ok: Callable[[Any], bool], what: str) -> None:

@@ -22,7 +22,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import bouncing_digits, evaluate, video_io
+from imagen_video_jax import bouncing_digits, evaluate, files, video_io
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
@@ -38,13 +38,10 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 def write_prompts(path: str, num: int, split: str = "test", seed: int = 0) -> None:
   """Writes the captions of `split` videos 0..num-1, one per line."""
   lines = [bouncing_digits.render_video(split, i, seed)["caption"] for i in range(num)]
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+  files.write_text(path, "\n".join(lines) + "\n")
 
 
-def stage_summary(workdir: str) -> dict[str, float]:
+def training_progress(workdir: str) -> dict[str, float]:
   """Last step, last logged loss and training minutes of a stage's workdir.
 
   Every run (a resume too) writes its own events file; the minutes are the sum
@@ -94,7 +91,7 @@ def report(run: str, stages: list[str]) -> str:
   """The demo's table: training per stage, then the evaluator's metrics."""
   rows = [f"{'stage':<8} {'steps':>7} {'minutes':>8} {'final loss':>11}"]
   for name in stages:
-    s = stage_summary(os.path.join(run, name))
+    s = training_progress(os.path.join(run, name))
     rows.append(f"{name:<8} {s['steps']:>7} {s['minutes']:>8.1f} {s['loss']:>11.4f}")
   sample_dir = os.path.join(run, "samples")
   with open(os.path.join(sample_dir, "metrics.json"), encoding="utf-8") as f:

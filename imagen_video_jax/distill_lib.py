@@ -143,7 +143,7 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[Any, int]:
     raise ValueError(f"{where} holds a distilled student, not a trained stage.")
   try:  # The newest readable checkpoint, its stage checked first (as sample.py).
     params, meta = checkpointing.restore_ema(
-      workdir, stage=checkpointing.stage_summary(config)
+      workdir, stage=checkpointing.stage_identity(config)
     )
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e

@@ -30,7 +30,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from imagen_video_jax import input_pipeline, video_io
+from imagen_video_jax import files, input_pipeline, video_io
 from imagen_video_jax.metrics import alignment, clip_score, fid, fvd
 
 METRICS = ("alignment", "fvd", "fid", "clip")
@@ -235,9 +235,7 @@ def main(argv: list[str]) -> None:
     "seconds": round(time.time() - start, 1),
   }
   path = os.path.join(_SAMPLES.value, "metrics.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_text(path, json.dumps(result, indent=2))
   logging.info("Wrote %s.", path)
 
 

@@ -32,9 +32,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from imagen_video_jax import sharding
+from imagen_video_jax import sharding, video_io
 
 _VIDEO, _IMAGE = "video", "image"
 # The project's TFDS dataset folders (data/NAME), buildable with `tfds build`.
@@ -158,20 +157,6 @@ def frame_step(from_fps: float, to_fps: float, what: str) -> int:
       "integer >= 1, so frame skipping cannot reach it."
     )
   return round(step)
-
-
-def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Antialiased bilinear resize, frame by frame: uint8 [T,h,w,3] -> [T,H,W,3]."""
-  if frames.shape[1:3] == (height, width):
-    return frames
-  # PIL scales the bilinear kernel's support with the down-sampling factor,
-  # i.e. it low-pass filters (antialiases) before sampling.
-  return np.stack(
-    [
-      np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR))
-      for f in frames
-    ]
-  )
 
 
 @jax.jit
@@ -298,9 +283,9 @@ class StageTransform:
     image [1,h,w,3] has no frame rate: it gives [1,H,W,3] and [1,H',W',3].
     """
     s, c, r = self.stage, self.cond, self.frame_ratio
-    video = resize(frames, s.height, s.width)
+    video = video_io.resize(frames, s.height, s.width)
     if c is not None:
-      cond = resize(frames[::r], c.height, c.width)  # Frame skipping to c.fps.
+      cond = video_io.resize(frames[::r], c.height, c.width)  # Frame skipping to c.fps.
     if self.crop is not None:
       (ch, cw), (sy, sx), y, x = self.crop, self.crop_scale, cut.y, cut.x
       video = video[:, y : y + ch, x : x + cw]

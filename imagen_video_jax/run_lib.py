@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags, logging
 from clu import metric_writers
 
-from imagen_video_jax import checkpointing, sharding, train_lib
+from imagen_video_jax import checkpointing, config_utils, sharding, train_lib
 from imagen_video_jax.models import text_encoder
 
 # Dense bf16 peak FLOP/s per device, by substring of `jax.Device.device_kind`.
@@ -244,6 +244,7 @@ def frozen_text_encoder(
   """
   if config.text.precomputed:
     return None, None, None
+  config_utils.check_compute(config)
   _, model = text_encoder.make_model(config.text, dtype=config.dtype)
   ones = jnp.ones((1, 1), jnp.int32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), ones, ones > 0)["params"]

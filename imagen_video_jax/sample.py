@@ -41,8 +41,15 @@ import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from imagen_video_jax import checkpointing, config_utils, run_lib, sharding, video_io
-from imagen_video_jax.cascade import pipeline, stages
+from imagen_video_jax import (
+  checkpointing,
+  config_utils,
+  files,
+  run_lib,
+  sharding,
+  video_io,
+)
+from imagen_video_jax.cascade import inputs, pipeline, stages
 from imagen_video_jax.models import text_encoder
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cascade.py:VARIANT")
@@ -104,7 +111,7 @@ def _tuples(tree: Any) -> Any:
 
 def _contents(outdir: str) -> list[str]:
   """The folder's files, without the probes of _prepare_outdir (of any host)."""
-  return [n for n in os.listdir(outdir) if not n.startswith(".write_test.")]
+  return [n for n in os.listdir(outdir) if not n.startswith(files.PROBE_PREFIX)]
 
 
 def _prepare_outdir(outdir: str, overwrite: bool) -> None:
@@ -115,13 +122,9 @@ def _prepare_outdir(outdir: str, overwrite: bool) -> None:
   if os.path.isdir(outdir) and _contents(outdir) and not overwrite:
     raise ValueError(f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it.")
   try:
-    os.makedirs(outdir, exist_ok=True)
-    # Written and removed in the parent too: an overwrite's samples go there first.
+    # Probed in the parent too: an overwrite's samples go there first.
     for folder in (outdir, os.path.dirname(os.path.abspath(outdir))):
-      probe = os.path.join(folder, f".write_test.{os.getpid()}")
-      with open(probe, "w") as f:
-        f.write("ok")
-      os.remove(probe)
+      files.check_writable(folder)
   except OSError as e:
     raise ValueError(f"--outdir={outdir!r} is not writable: {e}") from e
 
@@ -178,10 +181,9 @@ def _index(record: dict) -> int:
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-  os.replace(tmp, path)
+  files.write_text(
+    path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  )
 
 
 def sample(
@@ -229,7 +231,7 @@ def sample(
   for name, workdir, config, s in zip(names, workdirs, configs, settings):
     try:
       params, meta = checkpointing.restore_ema(
-        workdir, stage=checkpointing.stage_summary(config)
+        workdir, stage=checkpointing.stage_identity(config)
       )
     except (ValueError, OSError) as e:
       raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e
@@ -241,12 +243,12 @@ def sample(
   # ------------------------------------------------------------------------ #
   # Prompts, output folder, input video.
   # ------------------------------------------------------------------------ #
-  prompts = pipeline.read_prompts(prompts_path)
+  prompts = inputs.read_prompts(prompts_path)
   _prepare_outdir(outdir, overwrite)
   first_input = None
   if input_video:
     frames, _ = video_io.read_video(input_video)
-    first_input = pipeline.load_input_video(frames, *stages.input_shape(configs[0]))
+    first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]))
 
   # ------------------------------------------------------------------------ #
   # Each stage's EMA parameters, replicated on every device.
@@ -261,7 +263,7 @@ def sample(
   # Text: encoded once, shared by all stages.
   # ------------------------------------------------------------------------ #
   encoder = text_encoder.TextEncoder.from_config(text_config)
-  pipeline.warn_truncated(prompts, encoder.tokenizer)
+  inputs.warn_truncated(prompts, encoder.tokenizer)
   text_emb, text_mask = encoder.encode(prompts)
   text_emb, text_mask = np.asarray(text_emb), np.asarray(text_mask)
 
@@ -276,7 +278,7 @@ def sample(
     if bar is not None and int(step) + 1 > bar.n:
       bar.update(int(step) + 1 - bar.n)
 
-  batch = pipeline.padded_batch(cascade.batch_size, jax.local_device_count())
+  batch = inputs.padded_batch(cascade.batch_size, jax.local_device_count())
 
   def spec(shape, dtype):  # A batch-sharded argument of the stages.
     return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
@@ -327,7 +329,9 @@ def sample(
       # Padded with copies of this host's last job.
       index = mine[np.minimum(np.arange(start, start + batch), len(mine) - 1)]
       pidx = np.asarray(jobs)[index]
-      keys = np.stack([jax.random.PRNGKey(seed + int(i)) for i in index])
+      keys = np.stack(
+        [jax.random.key_data(jax.random.key(seed + int(i))) for i in index]
+      )
       put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
       emb, mask = put(text_emb[pidx]), put(text_mask[pidx])
       video = None

@@ -81,7 +81,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   train_iter = input_pipeline.create_iterator(config, mesh=mesh)
   ckpt = exits.enter_context(  # Every exit waits for the pending saves.
     checkpointing.Checkpointer(
-      workdir, stage=checkpointing.stage_summary(config), keep=config.keep_ckpts
+      workdir, stage=checkpointing.stage_identity(config), keep=config.keep_ckpts
     )
   )
   specs = train_iter.batch_specs()

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from imagen_video_jax import config_utils
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import losses, schedules
 from imagen_video_jax.models import t5, video_unet
@@ -154,22 +155,49 @@ def bucket_sums(loss: jax.Array, logsnr: jax.Array) -> tuple[jax.Array, jax.Arra
 # Model, state and the train step.
 # --------------------------------------------------------------------------- #
 def make_model(config: ml_collections.ConfigDict) -> video_unet.VideoUNet:
-  """VideoUNet(**config.model) with the run's compute dtype and remat policy."""
-  if config.remat not in ("none", "block", "full"):
-    raise ValueError(f"config.remat={config.remat!r}; expected none, block or full.")
+  """VideoUNet(**config.model) with the run's config.dtype and config.remat."""
+  config_utils.check_compute(config)
   stages.check_conditioning(config.stage.name, config)
   return video_unet.VideoUNet(
-    **dict(
-      config.model,
-      dtype=config.dtype,
-      remat="none" if config.remat == "none" else "block",
-    )
+    **config.model, dtype=config.dtype, remat=config.remat != "none"
   )
 
 
 def text_dim(config: ml_collections.ConfigDict) -> int:
   """Width D of the text embeddings (T5 d_model of config.text.t5_size)."""
   return t5.t5_config(config.text.t5_size).d_model
+
+
+def dummy_inputs(
+  config: ml_collections.ConfigDict,
+  batch: int = 1,
+  frames: int | None = None,
+  height: int | None = None,
+  width: int | None = None,
+  text_length: int = 8,
+) -> dict:
+  """Zero inputs of the right shapes for the stage's VideoUNet init/apply.
+
+  Frames and resolution default to the stage's (config.stage); parameter
+  shapes do not depend on them.
+  """
+  m = config.model
+  t = frames or config.stage.frames
+  h = height or config.stage.height
+  w = width or config.stage.width
+  kw = dict(
+    z=jnp.zeros((batch, t, h, w, m.out_channels), jnp.float32),
+    logsnr=jnp.zeros((batch,), jnp.float32),
+    text=jnp.zeros((batch, text_length, text_dim(config)), jnp.float32),
+    text_mask=jnp.ones((batch, text_length), bool),
+  )
+  if m.cond_channels:
+    kw["cond_video"] = jnp.zeros((batch, t, h, w, m.cond_channels), jnp.float32)
+  if m.use_aug_embedding:
+    kw["aug_logsnr"] = jnp.zeros((batch,), jnp.float32)
+  if m.num_extra_scalars:
+    kw["extra_scalars"] = jnp.zeros((batch, m.num_extra_scalars), jnp.float32)
+  return kw
 
 
 def stage_hw(stage: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -188,25 +216,18 @@ def make_init_fn(
   tx: optax.GradientTransformation,
 ) -> Callable[[jax.Array], dict[str, Any]]:
   """rng -> initial train state {step, params, opt_state, ema_params} (boxed)."""
-  stage, length = config.stage, config.text.max_length
-  is_sr = stage.input is not None
-  n_extra = config.model.num_extra_scalars  # A distillation student's w.
-  x_shape = (1, stage_frames(stage), *stage_hw(stage), config.model.out_channels)
+  stage = config.stage
+  height, width = stage_hw(stage)
 
   def init_fn(rng: jax.Array) -> dict[str, Any]:
-    variables = model.init(
-      {"params": rng, "dropout": rng},
-      jnp.zeros(x_shape),
-      jnp.zeros((1,)),
-      jnp.zeros((1, length, text_dim(config))),
-      jnp.ones((1, length), bool),
-      cond_video=jnp.zeros(x_shape[:-1] + (config.model.cond_channels,))
-      if is_sr
-      else None,
-      aug_logsnr=jnp.zeros((1,)) if is_sr else None,
-      is_image=jnp.zeros((1,), bool),
-      extra_scalars=jnp.zeros((1, n_extra)) if n_extra else None,
+    inputs = dummy_inputs(
+      config,
+      frames=stage_frames(stage),
+      height=height,
+      width=width,
+      text_length=config.text.max_length,
     )
+    variables = model.init({"params": rng, "dropout": rng}, **inputs)
     params = variables["params"]
     return dict(
       step=jnp.zeros((), jnp.int32),

@@ -1,26 +1,40 @@
 """Writing and reading videos: mp4 (H.264), gif, contact-sheet png, npy.
 
-Every writer goes through `_atomic`: the file is written under a temporary
+Every writer goes through `files.atomic_path`: the file is written under a temporary
 name in the destination folder and renamed, so an interrupted run never leaves
 a truncated video under its final name. mp4 encoding and decoding use the
 ffmpeg binary shipped inside the `imageio-ffmpeg` wheel (no system ffmpeg).
 """
 
-import contextlib
 import math
 import os
 import subprocess
-from collections.abc import Iterator
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
+
+from imagen_video_jax import files
 
 
 def to_uint8(video: np.ndarray) -> np.ndarray:
   """Maps [-1, 1] floats to uint8 [0, 255] (clipping outside the range)."""
   video = np.asarray(video, np.float32)
   return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Antialiased bilinear resize, frame by frame: uint8 [T,h,w,3] -> [T,H,W,3]."""
+  if frames.shape[1:3] == (height, width):
+    return frames
+  # PIL scales the bilinear kernel's support with the down-sampling factor,
+  # i.e. it low-pass filters (antialiases) before sampling.
+  return np.stack(
+    [
+      np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR))
+      for f in frames
+    ]
+  )
 
 
 def _check_video(video: np.ndarray) -> np.ndarray:
@@ -32,25 +46,11 @@ def _check_video(video: np.ndarray) -> np.ndarray:
   return video
 
 
-@contextlib.contextmanager
-def _atomic(path: str) -> Iterator[str]:
-  """Yields a temporary path next to `path` (same extension); renames on success."""
-  folder, name = os.path.split(os.path.abspath(path))
-  stem, ext = os.path.splitext(name)
-  tmp = os.path.join(folder, f".{stem}.tmp{os.getpid()}{ext}")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def write_mp4(path: str, video: np.ndarray, fps: float) -> None:
   """Writes uint8 [T, H, W, 3] as H.264 (yuv420p, odd sizes padded to even)."""
   video = _check_video(video)
   t, h, w, _ = video.shape
-  with _atomic(path) as tmp:
+  with files.atomic_path(path) as tmp:
     cmd = [
       imageio_ffmpeg.get_ffmpeg_exe(),
       "-y", "-loglevel", "error",
@@ -86,7 +86,7 @@ def write_gif(path: str, video: np.ndarray, fps: float) -> None:
   """Writes uint8 [T, H, W, 3] as a looping gif at `fps`."""
   video = _check_video(video)
   frames = [Image.fromarray(f) for f in video]
-  with _atomic(path) as tmp:
+  with files.atomic_path(path) as tmp:
     frames[0].save(
       tmp,
       format="GIF",
@@ -113,14 +113,14 @@ def contact_sheet(video: np.ndarray, columns: int = 8, pad: int = 2) -> np.ndarr
 
 def write_png(path: str, image: np.ndarray) -> None:
   """Writes uint8 [H, W, 3] as png."""
-  with _atomic(path) as tmp:
+  with files.atomic_path(path) as tmp:
     Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
 
 
 def write_npy(path: str, video: np.ndarray) -> None:
   """Writes uint8 [T, H, W, 3] losslessly as npy."""
   video = _check_video(video)
-  with _atomic(path) as tmp:
+  with files.atomic_path(path) as tmp:
     np.save(tmp, video)
 
 

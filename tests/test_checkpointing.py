@@ -1,6 +1,7 @@
 """Tests of imagen_video_jax/checkpointing.py on a small hand-made train state."""
 
 import glob
+import json
 import os
 
 import jax
@@ -245,7 +246,12 @@ def test_refused_restart_changes_nothing_and_names_the_keys(tmp_path):
   ):
     checkpointing.prepare_workdir(str(tmp_path), wider)
   assert (tmp_path / "config.json").read_bytes() == before
-  base.model.remat = "block"  # No parameter changes: a resume may.
+  base.dtype, base.remat = "bfloat16", "block"  # No parameter changes: a resume may.
+  checkpointing.prepare_workdir(str(tmp_path), base)
+  # Older workdirs recorded them under model as well: still the same network.
+  saved = json.loads((tmp_path / "config.json").read_text())
+  saved["model"].update(dtype="float32", remat="none")
+  (tmp_path / "config.json").write_text(json.dumps(saved))
   checkpointing.prepare_workdir(str(tmp_path), base)
 
 

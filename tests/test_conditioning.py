@@ -67,7 +67,7 @@ def test_upsample_rejects_non_multiple_frames(frames):
 def test_noise_augment_closed_form():
   video = _video((3, 2, 4, 4, 3))
   aug_logsnr = jnp.array([-3.0, jnp.log(3.0), 8.0])
-  rng = jax.random.PRNGKey(1)
+  rng = jax.random.key(1)
   z, noise = conditioning.noise_augment(video, rng, aug_logsnr)
   np.testing.assert_array_equal(noise, jax.random.normal(rng, video.shape))
   # alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) (paper Sec. 2.1).
@@ -80,4 +80,4 @@ def test_noise_augment_closed_form():
 
 def test_noise_augment_checks_logsnr_shape():
   with pytest.raises(ValueError, match="aug_logsnr"):
-    conditioning.noise_augment(_video((2, 1, 2, 2, 3)), jax.random.PRNGKey(0), 1.0)
+    conditioning.noise_augment(_video((2, 1, 2, 2, 3)), jax.random.key(0), 1.0)

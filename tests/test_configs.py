@@ -5,7 +5,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common
-from imagen_video_jax import config_utils
+from imagen_video_jax import config_utils, train_lib
 
 
 @pytest.mark.parametrize("stage", common.STAGES)
@@ -48,6 +48,30 @@ def test_crop_can_be_set_from_the_command_line():
   assert fv.config.stage.crop_frames == 4
   base = config_utils.load_config("configs/base.py:demo")
   assert base.stage.crop is None and base.stage.crop_frames is None
+
+
+def _flag_config(*overrides):
+  argv = ["prog", "--config=configs/base.py:demo", *overrides]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+def test_dtype_and_remat_are_one_key_each_and_checked():
+  """config.dtype and config.remat reach the model; model.dtype is no key."""
+  config = _flag_config("--config.dtype=bfloat16", "--config.remat=full")
+  model = train_lib.make_model(config)
+  assert (model.dtype, model.remat) == ("bfloat16", True)
+  assert not train_lib.make_model(_flag_config()).remat
+  with pytest.raises(AttributeError, match="dtype"):  # Not a key of config.model.
+    _flag_config("--config.model.dtype=bfloat16")
+  for key, value in (("dtype", "float16"), ("remat", "some")):
+    config = _flag_config(f"--config.{key}={value}")
+    with pytest.raises(ValueError, match=rf"config.{key}='{value}' must be one of"):
+      train_lib.make_model(config)
+    with pytest.raises(ValueError, match=rf"config.{key}='{value}' must be one of"):
+      config_utils.check_run_config(config)
 
 
 @pytest.mark.parametrize("stage", common.STAGES)

@@ -25,13 +25,13 @@ def write_events(workdir, losses):
   writer.close()
 
 
-def test_stage_summary_reads_the_last_loss_and_sums_runs(tmp_path):
+def test_training_progress_reads_the_last_loss_and_sums_runs(tmp_path):
   write_events(tmp_path, {50: 0.5, 100: 0.25})
-  summary = demo.stage_summary(str(tmp_path))
+  summary = demo.training_progress(str(tmp_path))
   assert summary["steps"] == 100
   assert summary["loss"] == pytest.approx(0.25)
   assert 0 <= summary["minutes"] < 1
-  none = demo.stage_summary(str(tmp_path / "none"))
+  none = demo.training_progress(str(tmp_path / "none"))
   assert math.isnan(none["loss"]) and math.isnan(none["minutes"])
 
 
@@ -46,7 +46,7 @@ def test_stage_minutes_leave_out_the_time_between_runs(tmp_path):
         event = tf.compat.v1.Event(wall_time=start + dt, step=step)
         event.summary.value.add(tag="loss", tensor=tf.make_tensor_proto(loss))
         w.write(event.SerializeToString())
-  summary = demo.stage_summary(str(tmp_path))
+  summary = demo.training_progress(str(tmp_path))
   assert summary["minutes"] == pytest.approx(6.0)
   assert summary["steps"] == 15 and summary["loss"] == pytest.approx(0.4)
 

@@ -383,7 +383,7 @@ def _students(teachers, distilled, root):
     )
     params = distill_lib.merge_teacher(fresh, teacher, name)
     ckpt = checkpointing.Checkpointer(
-      workdir, stage=checkpointing.stage_summary(config), async_save=False
+      workdir, stage=checkpointing.stage_identity(config), async_save=False
     )
     state = dict(params=params, opt_state={}, ema_params=params, step=0)
     meta = distill_lib.student_meta(distill_lib.rounds(config.distill), 1)

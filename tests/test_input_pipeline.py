@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import bouncing_digits, config_utils
+from imagen_video_jax import bouncing_digits, config_utils, video_io
 from imagen_video_jax import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,17 +86,17 @@ def test_resize_is_antialiased():
   # point sampling would return pure black or white.
   board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
   frames = np.repeat(board[None, :, :, None], 3, -1)
-  small = ip.resize(frames, 16, 16).astype(float)
+  small = video_io.resize(frames, 16, 16).astype(float)
   assert small.shape == (1, 16, 16, 3)
   assert np.abs(small[:, 2:-2, 2:-2] - 127.5).max() < 3
 
 
 def test_resize_of_constant_is_constant_and_identity_is_exact():
   frames = np.full((2, 40, 24, 3), 77, np.uint8)
-  np.testing.assert_array_equal(ip.resize(frames, 10, 6), 77)
+  np.testing.assert_array_equal(video_io.resize(frames, 10, 6), 77)
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-  np.testing.assert_array_equal(ip.resize(frames, 8, 8), frames)
+  np.testing.assert_array_equal(video_io.resize(frames, 8, 8), frames)
 
 
 def test_frame_step():
@@ -161,7 +161,7 @@ def test_crop_is_shared_by_frames_and_conditioning():
     y, x = video[0, 0, 0, :2].astype(int) // 4
     offsets.add((y, x))
     assert y % 4 == 0 and x % 4 == 0  # On the conditioning's grid.
-    full = ip.resize(clip, 16, 16)[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 6]
+    full = video_io.resize(clip, 16, 16)[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 6]
     np.testing.assert_array_equal(cond, full)
   assert len(offsets) > 1
 
@@ -281,7 +281,7 @@ def test_video_examples_are_the_source_clips(data_dir, mesh):
   videos = source_videos(data_dir)[:8]
   assert not batch["is_image"].any()
   for i in range(8):
-    expect = ip.resize(videos[i], 16, 16)
+    expect = video_io.resize(videos[i], 16, 16)
     np.testing.assert_allclose(batch["video"][i], expect / 127.5 - 1, atol=1e-6)
     np.testing.assert_allclose(
       batch["cond_video"][i], expect[::2] / 127.5 - 1, atol=1e-6
@@ -299,13 +299,13 @@ def test_image_examples_are_single_images_with_their_own_captions(data_dir, mesh
   # The rendered images (an independent reference for pixels and captions).
   n = train_size(data_dir)
   rendered = [bouncing_digits.render_image("train", i) for i in range(n)]
-  refs = np.stack([ip.resize(r["image"][None], 32, 32)[0] for r in rendered])
+  refs = np.stack([video_io.resize(r["image"][None], 32, 32)[0] for r in rendered])
   pixels = np.round((batch["video"][:, 0] + 1) * 127.5)
   seen = set()
   for j, caption in enumerate(captions(batch["tokens"])):
     (match,) = np.flatnonzero((pixels[j] == refs).all(axis=(1, 2, 3)))
     assert caption == rendered[match]["caption"], (j, match)
-    expect = ip.resize(rendered[match]["image"][None], 16, 16)[0] / 127.5 - 1
+    expect = video_io.resize(rendered[match]["image"][None], 16, 16)[0] / 127.5 - 1
     np.testing.assert_allclose(batch["cond_video"][j, 0], expect, atol=1e-6)
     seen.add(int(match))
   # 128 images of a small source: all of them appear, with varied captions.
@@ -366,7 +366,7 @@ def test_processes_read_disjoint_shards(data_dir):
     local = ip.build_local_dataset(config, process_index=index, process_count=2)[0]
     assert local["video"].shape[0] == 4
     for j in range(4):  # Process p reads source examples p, p + 2, ...
-      expect = ip.resize(videos[2 * j + index], 16, 16)
+      expect = video_io.resize(videos[2 * j + index], 16, 16)
       np.testing.assert_array_equal(local["video"][j], expect)
 
 

@@ -10,7 +10,7 @@ import scipy.linalg
 
 from imagen_video_jax import bouncing_digits as bd
 from imagen_video_jax import evaluate
-from imagen_video_jax.metrics import alignment, clip_score, fid
+from imagen_video_jax.metrics import alignment, clip_score, fid, frechet
 
 # ----------------------------------------------------------------------------
 # Fréchet distance.
@@ -28,7 +28,7 @@ def test_frechet_distance_diagonal_closed_form():
   mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.0])
   sd1, sd2 = np.array([1.0, 2.0, 0.5]), np.array([3.0, 2.0, 1.5])
   want = np.sum((mu1 - mu2) ** 2) + np.sum((sd1 - sd2) ** 2)
-  got = fid.frechet_distance(mu1, np.diag(sd1**2), mu2, np.diag(sd2**2))
+  got = frechet.frechet_distance(mu1, np.diag(sd1**2), mu2, np.diag(sd2**2))
   np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
@@ -38,21 +38,23 @@ def test_frechet_distance_matches_scipy_sqrtm():
   s1, s2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
   mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
   np.testing.assert_allclose(
-    fid.frechet_distance(mu1, s1, mu2, s2), _scipy_frechet(mu1, s1, mu2, s2), rtol=1e-8
+    frechet.frechet_distance(mu1, s1, mu2, s2),
+    _scipy_frechet(mu1, s1, mu2, s2),
+    rtol=1e-8,
   )
   # Singular covariances (fewer samples than dimensions) stay finite and agree.
   x, y = rng.normal(size=(4, 10)), rng.normal(size=(5, 10)) + 1.0
-  got = fid.feature_distance(x, y)
-  want = _scipy_frechet(*fid.gaussian_stats(x), *fid.gaussian_stats(y))
+  got = frechet.feature_distance(x, y)
+  want = _scipy_frechet(*frechet.gaussian_stats(x), *frechet.gaussian_stats(y))
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  assert abs(fid.feature_distance(x, x)) < 1e-8
+  assert abs(frechet.feature_distance(x, x)) < 1e-8
 
 
 def test_frechet_distance_rejects_mismatched_shapes():
   with pytest.raises(ValueError, match="Mismatched"):
-    fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
   with pytest.raises(ValueError, match="features"):
-    fid.gaussian_stats(np.zeros((1, 3)))
+    frechet.gaussian_stats(np.zeros((1, 3)))
 
 
 # ----------------------------------------------------------------------------
@@ -71,10 +73,10 @@ def test_frame_fid_with_random_inception(tmp_path):
   feats = fid.inception_features(variables, videos[:, 0], batch_size=2)
   assert feats.shape == (2, fid.FEATURE_DIM) and np.isfinite(feats).all()
   other = fid.frame_fid(variables, videos, shifted, batch_size=2)
-  assert abs(fid.feature_distance(feats, feats)) < 1e-9 * other and other > 0
+  assert abs(frechet.feature_distance(feats, feats)) < 1e-9 * other and other > 0
   feats_shifted = fid.inception_features(variables, shifted[:, 0], batch_size=2)
   np.testing.assert_allclose(
-    other, fid.feature_distance(feats, feats_shifted), rtol=1e-6
+    other, frechet.feature_distance(feats, feats_shifted), rtol=1e-6
   )
 
 
@@ -214,7 +216,7 @@ def test_map_batches_splits_each_batch_over_devices_and_keeps_order():
     return batch.sum(axis=1) + variables["b"]
 
   x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
-  y = fid.map_batches(fn, {"b": np.float32(1)}, x, batch_size=4)
+  y = frechet.map_batches(fn, {"b": np.float32(1)}, x, batch_size=4)
   np.testing.assert_array_equal(y, x.sum(axis=1) + 1)  # The padding is dropped.
   split = max(d for d in (1, 2, 4) if d <= jax.local_device_count())
   assert seen == [(4, split), (4, split)]
@@ -262,7 +264,7 @@ def test_i3d_runs_every_convolution_as_2d(monkeypatch):
     fvd, "conv3d_as_2d", lambda x, k, *a: calls.append(k.shape) or real(x, k, *a)
   )
   videos = jax.ShapeDtypeStruct((1, 16, 32, 32, 3), np.uint8)
-  out = jax.eval_shape(fvd._logits.__wrapped__, variables, videos)
+  out = jax.eval_shape(fvd.i3d_logits.__wrapped__, variables, videos)
   assert out.shape == (1, fvd.FEATURE_DIM)
   assert sorted(calls) == sorted(k.shape for k in kernels) and len(calls) == 58
 
@@ -282,8 +284,8 @@ def test_fvd_zero_on_itself_and_grows_with_perturbation():
     fvd.i3d_features(v, batch_size=3) for v in (videos, perturbed(20), perturbed(80))
   ]
   assert feats[0].shape == (3, fvd.FEATURE_DIM)
-  same = fid.feature_distance(feats[0], feats[0])
-  small, large = (fid.feature_distance(feats[0], f) for f in feats[1:])
+  same = frechet.feature_distance(feats[0], feats[0])
+  small, large = (frechet.feature_distance(feats[0], f) for f in feats[1:])
   assert abs(same) < 1e-3 and 0 < small < large
 
 

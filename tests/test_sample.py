@@ -16,7 +16,7 @@ from test_checkpointing import damage
 
 from configs import common
 from imagen_video_jax import checkpointing, config_utils, sample, video_io
-from imagen_video_jax.cascade import pipeline, stages
+from imagen_video_jax.cascade import inputs, pipeline, stages
 from imagen_video_jax.models import t5, tokenizers, video_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def _random_variables(config, seed):
   kw = {} if s.input is None else dict(cond_video=z, aug_logsnr=jnp.zeros((1,)))
   shapes = jax.eval_shape(
     video_unet.VideoUNet(**config.model).init,
-    jax.random.PRNGKey(0),
+    jax.random.key(0),
     z,
     jnp.zeros((1,)),
     jnp.zeros((1, 4, t5.t5_config(config.text.t5_size).d_model)),
@@ -67,7 +67,7 @@ def save_runlocal_checkpoints(root):
     checkpointing.prepare_workdir(workdir, config)
     params = _random_variables(config, i)["params"]  # As train.py saves them.
     ckpt = checkpointing.Checkpointer(
-      workdir, stage=checkpointing.stage_summary(config), async_save=False
+      workdir, stage=checkpointing.stage_identity(config), async_save=False
     )
     state = dict(
       params=params, opt_state={"count": np.zeros(())}, ema_params=params, step=0
@@ -190,7 +190,7 @@ def test_text_configs_must_agree():
 # Prompt file.
 # --------------------------------------------------------------------------- #
 def test_read_prompts(prompt_file):
-  assert pipeline.read_prompts(prompt_file) == [
+  assert inputs.read_prompts(prompt_file) == [
     "a red 3 moving up",
     "blue 7 moving left",
   ]
@@ -200,21 +200,21 @@ def test_prompt_file_errors(tmp_path):
   bad = tmp_path / "bad.txt"
   bad.write_bytes(b"ok\n# fine\n" + b"caf\xe9\n")
   with pytest.raises(ValueError, match=r"bad.txt:3: line is not valid UTF-8"):
-    pipeline.read_prompts(str(bad))
+    inputs.read_prompts(str(bad))
   empty = tmp_path / "empty.txt"
   empty.write_text("\n# only a comment\n   \n")
   with pytest.raises(ValueError, match="holds no prompt"):
-    pipeline.read_prompts(str(empty))
+    inputs.read_prompts(str(empty))
   with pytest.raises(ValueError, match="does not exist"):
-    pipeline.read_prompts(str(tmp_path / "missing.txt"))
+    inputs.read_prompts(str(tmp_path / "missing.txt"))
   with pytest.raises(ValueError, match="is a directory"):
-    pipeline.read_prompts(str(tmp_path))
+    inputs.read_prompts(str(tmp_path))
 
 
 def test_long_prompts_warn(caplog):
   tok = tokenizers.ByteTokenizer(max_length=8)
   with caplog.at_level("WARNING"):
-    n = pipeline.warn_truncated(["short", "a much longer prompt"], tok)
+    n = inputs.warn_truncated(["short", "a much longer prompt"], tok)
   assert n == 1
   assert "truncated to 8" in caplog.text and "a much longer prompt" in caplog.text
 
@@ -254,12 +254,12 @@ def test_input_video_becomes_first_stage_input(tmp_path):
   video[:, :, :, 0] = (np.arange(6) * 40)[:, None, None]  # Frame t has red 40 t.
   video_io.write_mp4(str(tmp_path / "in.mp4"), video, fps=6)
   frames, _ = video_io.read_video(str(tmp_path / "in.mp4"))
-  x = pipeline.load_input_video(frames, 3, 8, 8)
+  x = inputs.load_input_video(frames, 3, 8, 8)
   assert x.shape == (3, 8, 8, 3)
   expected = np.array([0, 80, 160]) / 127.5 - 1  # Frames 0, 2, 4.
   np.testing.assert_allclose(x[..., 0].mean(axis=(1, 2)), expected, atol=0.06)
   with pytest.raises(ValueError, match="has 6 frames; need 7"):
-    pipeline.load_input_video(frames, 7, 8, 8)
+    inputs.load_input_video(frames, 7, 8, 8)
 
 
 @pytest.mark.slow
@@ -271,8 +271,8 @@ def test_sample_is_independent_of_its_batch(runlocal_root):
     checkpointing.restore_ema_params(str(runlocal_root / "base"))
   )
   fn = jax.jit(pipeline.make_stage_fn(config, settings))
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  emb = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 64))
+  keys = jax.random.key_data(jax.random.split(jax.random.key(0), 3))
+  emb = jax.random.normal(jax.random.key(1), (3, 5, 64))
   mask = jnp.ones((3, 5), bool)
   out = fn(variables, keys, emb, mask, None)
   assert out.shape == (3, 2, 8, 8, 3)

@@ -60,7 +60,7 @@ def _assert_same_tree(a, b):
 
 def test_param_tree_has_t5x_names_and_logical_axes():
   shapes = jax.eval_shape(
-    lambda t: t5.T5Encoder(CONFIG).init(jax.random.PRNGKey(0), t, t > 0),
+    lambda t: t5.T5Encoder(CONFIG).init(jax.random.key(0), t, t > 0),
     jax.ShapeDtypeStruct((1, 4), jnp.int32),
   )
   specs = _flat(nn.get_partition_spec(shapes)["params"])

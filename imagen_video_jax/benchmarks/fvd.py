@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax.metrics import fid, fvd
+from imagen_video_jax.metrics import frechet, fvd
 
 _CLIPS = flags.DEFINE_integer("clips", 16, "Clips per timed pass.")
 _FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip (before I3D's 16).")
@@ -31,8 +31,8 @@ def main(argv: list[str]) -> None:
   clips = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
   variables = fvd.i3d_variables()
   paths = {
-    "3-D convolutions": lambda x: fid.map_batches(
-      functools.partial(fvd._logits, conv_as_2d=False), variables, x, _BATCH.value
+    "3-D convolutions": lambda x: frechet.map_batches(
+      functools.partial(fvd.i3d_logits, conv_as_2d=False), variables, x, _BATCH.value
     ),
     "fvd.i3d_features": lambda x: fvd.i3d_features(x, _BATCH.value),
   }

@@ -16,8 +16,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
-from imagen_video_jax import config_utils
-from imagen_video_jax.models import summary, video_unet
+from imagen_video_jax import config_utils, train_lib
 
 _STAGES = flags.DEFINE_list("stages", list(common.STAGES), "Stages to benchmark.")
 _VARIANTS = flags.DEFINE_list("variants", ["demo", "runlocal"], "Config variants.")
@@ -46,9 +45,9 @@ def benchmark(spec: str, batch: int = 2, repeats: int = 3) -> dict:
   """Params, ms/example and FLOPs/example of forward and forward+backward."""
   config = config_utils.load_config(spec)
   height, width = config.stage.crop or (config.stage.height, config.stage.width)
-  kw = summary.dummy_inputs(config, batch=batch, height=height, width=width)
+  kw = train_lib.dummy_inputs(config, batch=batch, height=height, width=width)
   kw["z"] = jax.random.normal(jax.random.key(0), kw["z"].shape)
-  net = video_unet.VideoUNet(**config.model)
+  net = train_lib.make_model(config)
   params = jax.jit(lambda kw: net.init(jax.random.key(0), **kw))(kw)["params"]
 
   def forward(params, kw):

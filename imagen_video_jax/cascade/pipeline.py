@@ -8,89 +8,20 @@ feeds each stage's output to the next. Every sample gets its own PRNG key, so
 sample i of a run is the same video whatever the batch it was drawn in.
 """
 
-import logging
-import os
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from imagen_video_jax import train_lib
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import guidance, samplers, schedules
-from imagen_video_jax.models import video_unet
 
 Array = jax.Array
 # stage_fn(variables, keys [B, 2], text_emb [B, L, D], text_mask [B, L],
 #          prev [B, T', H', W', 3] or None) -> video [B, T, H, W, 3] in [-1, 1].
 StageFn = Callable[[dict, Array, Array, Array, Array | None], Array]
-
-
-def read_prompts(path: str) -> list[str]:
-  """One prompt per line (UTF-8); blank lines and `#` comments are skipped.
-
-  Raises:
-    ValueError: if the file is missing or a directory, a line is not UTF-8
-      (naming the line), or no prompt remains.
-  """
-  if os.path.isdir(path):
-    raise ValueError(f"Prompt file {path!r} is a directory, not a file of prompts.")
-  if not os.path.isfile(path):
-    raise ValueError(f"Prompt file {path!r} does not exist.")
-  prompts = []
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8").strip()
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: line is not valid UTF-8 ({e}).") from e
-      if line and not line.startswith("#"):
-        prompts.append(line)
-  if not prompts:
-    raise ValueError(f"Prompt file {path!r} holds no prompt.")
-  return prompts
-
-
-def warn_truncated(prompts: list[str], tokenizer: Any) -> int:
-  """Logs a warning for each prompt the tokenizer will truncate.
-
-  Args:
-    prompts: the prompts.
-    tokenizer: the stages' tokenizer (`num_tokens`, `max_length`).
-
-  Returns:
-    The number of prompts that will be truncated.
-  """
-  truncated = 0
-  for prompt in prompts:
-    n = tokenizer.num_tokens(prompt)
-    if n > tokenizer.max_length:
-      truncated += 1
-      logging.warning(
-        "Prompt of %d tokens truncated to %d: %r", n, tokenizer.max_length, prompt
-      )
-  return truncated
-
-
-def load_input_video(video: np.ndarray, frames: int, height: int, width: int) -> Array:
-  """A user video as a first SR stage's input (paper Sec. 4: SR as a general
-  video super-resolver).
-
-  Args:
-    video: uint8 [T0, H0, W0, 3] decoded frames.
-    frames, height, width: the stage's input shape; T0 >= frames.
-
-  Returns:
-    float32 [frames, height, width, 3] in [-1, 1]: `frames` evenly spaced
-    frames, resized bilinearly (antialiased) to height x width.
-  """
-  if video.shape[0] < frames:
-    raise ValueError(f"Input video has {video.shape[0]} frames; need {frames}.")
-  idx = (np.arange(frames) * video.shape[0]) // frames
-  x = jnp.asarray(video[idx], jnp.float32) / 127.5 - 1.0
-  return jax.image.resize(x, (frames, height, width, 3), "bilinear", antialias=True)
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -102,11 +33,6 @@ def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
     axis_types=(jax.sharding.AxisType.Auto,),
     devices=devices,
   )
-
-
-def padded_batch(batch_size: int, num_devices: int) -> int:
-  """batch_size rounded up to a multiple of the device count."""
-  return -(-batch_size // num_devices) * num_devices
 
 
 def _model_fn(model, variables, weights, emb, mask, cond, aug, *, single, extra):
@@ -160,7 +86,6 @@ def make_stage_fn(
     stage_fn(variables, keys [B, 2], text_emb [B, L, D], text_mask [B, L],
     prev [B, T', H', W', 3] or None) -> video [B, T, H, W, 3] in [-1, 1].
   """
-  model = video_unet.VideoUNet(**config.model)
   frames, height, width = config.stage.frames, config.stage.height, config.stage.width
   steps = int(settings.steps)
   g = settings.guidance
@@ -173,7 +98,7 @@ def make_stage_fn(
   logsnr_fn = schedules.get_logsnr_fn(d.schedule, d.logsnr_min, d.logsnr_max)
   is_sr = config.stage.input is not None
   stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
-  stages.check_conditioning(config.stage.name, config)
+  model = train_lib.make_model(config)  # Checks the conditioning too.
 
   def one(variables, key, emb, mask, prev):
     """One sample: key [2], emb [L, D], mask [L], prev [T', H', W', 3] or None."""

@@ -29,7 +29,7 @@ from scipy import ndimage
 from sklearn import svm
 
 from imagen_video_jax import bouncing_digits as bd
-from imagen_video_jax import input_pipeline
+from imagen_video_jax import video_io
 
 FG_THRESHOLD = 0.2  # Foreground: max channel > 0.2 of full scale.
 MIN_MOTION = 0.05  # A glyph must move by >= 5% of the frame side.
@@ -81,7 +81,7 @@ def to_resolution(
   if frames <= 0 or t % frames:
     raise ValueError(f"Cannot take {t} frames to {frames} by frame skipping.")
   videos = videos[:, :: t // frames]
-  return np.stack([input_pipeline.resize(v, height, width) for v in videos])
+  return np.stack([video_io.resize(v, height, width) for v in videos])
 
 
 def reference_videos(

@@ -11,7 +11,7 @@ downloaded. Clips are brought to 16 frames first (frames repeated or
 subsampled by nearest index), the clip length FVD is usually reported at.
 
 With fewer videos than feature dimensions (400) the covariances are singular;
-`fid.frechet_distance` handles that, but FVD is biased upward at small N, so
+`frechet.frechet_distance` handles that, but FVD is biased upward at small N, so
 only compare FVDs computed on the same number of videos.
 """
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from imagen_video_jax.metrics import fid
+from imagen_video_jax.metrics import frechet
 
 FRAMES = 16  # Clip length fed to I3D.
 SIZE = 224  # I3D input height and width.
@@ -125,7 +125,7 @@ def _conv3d_interceptor(
 
 
 @functools.partial(jax.jit, static_argnames="conv_as_2d")
-def _logits(
+def i3d_logits(
   variables: dict, videos: jax.Array, conv_as_2d: bool | None = None
 ) -> jax.Array:
   """I3D logits [B, 400]; 3-D convolutions as 2-D ones by default on CPU only
@@ -146,7 +146,7 @@ def i3d_features(videos: np.ndarray, batch_size: int = 8) -> np.ndarray:
     raise ValueError(
       f"videos must be uint8 [N, T, H, W, 3]; got {videos.dtype} {videos.shape}."
     )
-  return fid.map_batches(_logits, i3d_variables(), videos, batch_size)
+  return frechet.map_batches(i3d_logits, i3d_variables(), videos, batch_size)
 
 
 def fvd(videos1: np.ndarray, videos2: np.ndarray, batch_size: int = 8) -> float:
@@ -155,6 +155,6 @@ def fvd(videos1: np.ndarray, videos2: np.ndarray, batch_size: int = 8) -> float:
   Unterthiner et al. 2018, Eq. 1: the Fréchet distance of Gaussians fitted to
   the I3D logits of each set.
   """
-  return fid.feature_distance(
+  return frechet.feature_distance(
     i3d_features(videos1, batch_size), i3d_features(videos2, batch_size)
   )

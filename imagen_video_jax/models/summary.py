@@ -10,55 +10,18 @@ import collections
 import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from imagen_video_jax.models import t5, video_unet
-
-
-def text_dim(config: ml_collections.ConfigDict) -> int:
-  """Width D of the text embeddings [B, L, D] that config.text produces."""
-  return t5.t5_config(config.text.t5_size).d_model
-
-
-def dummy_inputs(
-  config: ml_collections.ConfigDict,
-  batch: int = 1,
-  frames: int | None = None,
-  height: int | None = None,
-  width: int | None = None,
-  text_length: int = 8,
-) -> dict:
-  """Zero inputs of the right shapes for `VideoUNet(**config.model).init/apply`.
-
-  Frames and resolution default to the stage's (config.stage); parameter
-  shapes do not depend on them.
-  """
-  m = config.model
-  t = frames or config.stage.frames
-  h = height or config.stage.height
-  w = width or config.stage.width
-  kw = dict(
-    z=jnp.zeros((batch, t, h, w, m.out_channels), jnp.float32),
-    logsnr=jnp.zeros((batch,), jnp.float32),
-    text=jnp.zeros((batch, text_length, text_dim(config)), jnp.float32),
-    text_mask=jnp.ones((batch, text_length), bool),
-  )
-  if m.cond_channels:
-    kw["cond_video"] = jnp.zeros((batch, t, h, w, m.cond_channels), jnp.float32)
-  if m.use_aug_embedding:
-    kw["aug_logsnr"] = jnp.zeros((batch,), jnp.float32)
-  if m.num_extra_scalars:
-    kw["extra_scalars"] = jnp.zeros((batch, m.num_extra_scalars), jnp.float32)
-  return kw
+from imagen_video_jax import train_lib
+from imagen_video_jax.models import video_unet
 
 
 def param_shapes(config: ml_collections.ConfigDict):
   """The params pytree of jax.ShapeDtypeStruct (logical-axis boxes removed)."""
   model = video_unet.VideoUNet(**config.model)
   side = 2 ** (len(config.model.channel_mult) - 1)
-  inputs = dummy_inputs(config, frames=2, height=side, width=side)
+  inputs = train_lib.dummy_inputs(config, frames=2, height=side, width=side)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
   return jax.tree.map(
     lambda x: x.value if hasattr(x, "value") else x,
@@ -91,7 +54,7 @@ def summarize(spec: str) -> str:
   counts = param_counts(config)
   m = config.model
   lines = [
-    f"VideoUNet of stage {config.stage.name!r} ({spec}), text width {text_dim(config)}",
+    f"VideoUNet of stage {config.stage.name!r} ({spec}), text width {train_lib.text_dim(config)}",
     f"{'':8} {'channels':>8} {'blocks':>6} {'spatial':>7} {'cross':>5} "
     f"{'temporal':>9} {'params':>15}",
   ]

@@ -36,7 +36,7 @@ def expected_shapes(config: t5.T5Config) -> dict[str, tuple[int, ...]]:
   tokens = jax.ShapeDtypeStruct((1, 1), np.int32)
   mask = jax.ShapeDtypeStruct((1, 1), np.bool_)
   shapes = jax.eval_shape(
-    lambda t, m: t5.T5Encoder(config).init(jax.random.PRNGKey(0), t, m), tokens, mask
+    lambda t, m: t5.T5Encoder(config).init(jax.random.key(0), t, m), tokens, mask
   )
   flat = flax.traverse_util.flatten_dict(flax.core.meta.unbox(shapes["params"]))
   return {"/".join(k): tuple(v.shape) for k, v in flat.items()}

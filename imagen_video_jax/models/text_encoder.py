@@ -103,4 +103,4 @@ def _jit_init(model: t5.T5Encoder, rng: jax.Array):
 
 def init_params(model: t5.T5Encoder, seed: int) -> dict:
   """Deterministic t5x-style random init of `model` from `seed` (unboxed)."""
-  return flax.core.meta.unbox(_jit_init(model, jax.random.PRNGKey(seed)))
+  return flax.core.meta.unbox(_jit_init(model, jax.random.key(seed)))

@@ -6,7 +6,8 @@ relative position bias, or a kernel-3 conv along time) mix frames. Resolution
 changes are spatial only, so the frame count is free and a model trained on T
 frames runs on more or fewer.
 
-A stage is data: `VideoUNet(**config.model)`.
+A stage is data: `VideoUNet(**config.model)` (train_lib.make_model adds the
+run's compute dtype and remat).
 """
 
 import math
@@ -60,7 +61,8 @@ class UNetBlock(nn.Module):
 
 
 class VideoUNet(nn.Module):
-  """Video U-Net; fields are the keys of `config.model` (configs/common.py).
+  """Video U-Net; fields are the keys of `config.model` (configs/common.py),
+  and the run's compute settings `dtype` and `remat` (train_lib.make_model).
 
   Per-level lists run from the highest resolution (level 0) to the lowest.
   Parameters are named `down_{level}_{i}`, `up_{level}_{i}`, `mid_{i}`, so
@@ -79,8 +81,8 @@ class VideoUNet(nn.Module):
   cond_channels: int = 0
   use_aug_embedding: bool = False
   embed_dim: int = 256
-  dtype: str = "float32"
-  remat: str = "none"
+  dtype: str = "float32"  # Compute dtype (config.dtype).
+  remat: bool = False  # nn.remat around every block (config.remat != 'none').
   num_extra_scalars: int = 0
   cond_skip: bool = False
 
@@ -99,8 +101,6 @@ class VideoUNet(nn.Module):
     for mixing in self.temporal_mixing:
       if mixing not in TEMPORAL_MIXING:
         raise ValueError(f"model.temporal_mixing {mixing!r} not in {TEMPORAL_MIXING}")
-    if self.remat not in ("none", "block"):
-      raise ValueError(f"model.remat {self.remat!r} not in ('none', 'block')")
     if self.cond_skip and self.cond_channels != self.out_channels:
       raise ValueError(
         f"model.cond_skip needs cond_channels == out_channels; got "
@@ -216,7 +216,7 @@ class VideoUNet(nn.Module):
     text = text.astype(dtype)
     emb = self._conditioning(logsnr, text, text_mask, aug_logsnr, extra_scalars)
 
-    block_cls = nn.remat(UNetBlock) if self.remat == "block" else UNetBlock
+    block_cls = nn.remat(UNetBlock) if self.remat else UNetBlock
 
     def block(level, features, name):
       return block_cls(
