@@ -70,8 +70,12 @@ def peak_flops_per_device(config: ml_collections.ConfigDict) -> float:
   """config.peak_flops, else the table's entry for the device kind (0 unknown)."""
   if config.get("peak_flops"):
     return float(config.peak_flops)
-  kind = jax.devices()[0].device_kind
-  return next((f for name, f in PEAK_FLOPS if name in kind), 0.0)
+  return peak_flops_of(jax.devices()[0].device_kind)
+
+
+def peak_flops_of(device_kind: str) -> float:
+  """The table's peak FLOP/s of a device kind, first match (0 unknown)."""
+  return next((f for name, f in PEAK_FLOPS if name in device_kind), 0.0)
 
 
 def compiled_flops(compiled: Any) -> float:
@@ -245,7 +249,12 @@ def frozen_text_encoder(
   if config.text.precomputed:
     return None, None, None
   config_utils.check_compute(config)
-  _, model = text_encoder.make_model(config.text, dtype=config.dtype)
+  encoder = None
+  if abstract:
+    _, model = text_encoder.make_model(config.text, dtype=config.dtype)
+  else:
+    encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
+    model = encoder.model
   ones = jnp.ones((1, 1), jnp.int32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), ones, ones > 0)["params"]
   shardings = sharding.logical_shardings(boxed, mesh, rules)
@@ -253,14 +262,13 @@ def frozen_text_encoder(
   def apply(params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     return model.apply({"params": params}, tokens, mask)
 
-  if abstract:
+  if encoder is None:
     params = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       nn.meta.unbox(boxed),
       shardings,
     )
     return apply, params, shardings
-  encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
   return apply, jax.device_put(encoder.params, shardings), shardings
 
 

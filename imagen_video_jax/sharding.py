@@ -90,13 +90,16 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
   )
 
 
-def mesh_from_config(config: Any) -> tuple[Mesh, tuple[tuple[str, Any], ...]]:
-  """A stage config's mesh and logical-axis rules, its batch checked against them.
+def mesh_from_config(
+  config: Any, devices: Sequence[jax.Device] | None = None
+) -> tuple[Mesh, tuple[tuple[str, Any], ...]]:
+  """A stage config's mesh (over `devices`, default all) and logical-axis rules,
+  its batch checked against them.
 
   Raises:
     ValueError: if config.batch_size does not split over the devices and hosts.
   """
-  mesh = make_mesh(config.mesh)
+  mesh = make_mesh(config.mesh, devices)
   rules = logical_rules(config.logical_axis_rules)
   check_batch_size(config.batch_size, mesh, rules)
   logging.info("Mesh %s over %d processes.", dict(mesh.shape), jax.process_count())

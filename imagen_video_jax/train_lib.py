@@ -408,7 +408,9 @@ def make_train_step(
 
 
 def batch_shapes(
-  config: ml_collections.ConfigDict, batch_size: int
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  sharding: jax.sharding.Sharding | None = None,
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a clip batch as the input pipeline yields it.
 
@@ -435,6 +437,11 @@ def batch_shapes(
     shapes["text_emb"] = jax.ShapeDtypeStruct((b, length, text_dim(config)), f32)
   else:
     shapes["tokens"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
+  if sharding is not None:  # Specs to lower a step for, e.g. sharding.input_sharding.
+    shapes = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+      for k, v in shapes.items()
+    }
   return shapes
 
 

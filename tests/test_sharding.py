@@ -150,10 +150,9 @@ def runlocal_train_step(mesh, rules=None):
     config, mesh, rules, abstract=True
   )
   program = run_lib.jit_train_step(config, mesh, rules, text_apply, text_shardings)
-  batch = {
-    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.input_sharding(mesh))
-    for k, v in train_lib.batch_shapes(config, config.batch_size).items()
-  }
+  batch = train_lib.batch_shapes(
+    config, config.batch_size, sharding.input_sharding(mesh)
+  )
   return program, batch, text_params
 
 
@@ -201,9 +200,8 @@ def test_model_activations_carry_the_sharding_their_constraints_name():
   tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
   bare = jax.jit(train_lib.make_train_step(config, model, tx, lr_fn, None))
   config.text.precomputed = True
-  batch = {
-    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.input_sharding(mesh))
-    for k, v in train_lib.batch_shapes(config, config.batch_size).items()
-  }
+  batch = train_lib.batch_shapes(
+    config, config.batch_size, sharding.input_sharding(mesh)
+  )
   text = bare.lower(program.abstract_state, batch, None).as_text()
   assert not re.findall(video, text)

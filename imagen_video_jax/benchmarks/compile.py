@@ -159,14 +159,14 @@ def _compile(lowered: Any) -> tuple[Any, float, str]:
   return compiled, time.perf_counter() - start, ""
 
 
-def _mesh(config: Any, devices: list[Any]) -> jax.sharding.Mesh:
+def _mesh_shape(config: Any) -> None:
+  """--mesh over config.mesh.shape."""
   if _MESH.value:
     config.mesh.shape = tuple(int(s) for s in _MESH.value.split(","))
-  return sharding.make_mesh(config.mesh, devices)
 
 
 def _report(program, devices, mesh, batch, state, compiled, seconds, error) -> Report:
-  peak = next((f for n, f in run_lib.PEAK_FLOPS if n in devices[0].device_kind), 0.0)
+  peak = run_lib.peak_flops_of(devices[0].device_kind)
   hbm = hbm_bytes(devices[0])
   report = Report(
     program=program,
@@ -195,19 +195,17 @@ def compile_train(config: Any, devices: list[Any]) -> Report:
   """train.py's step of a stage config, compiled for `devices`."""
   if _BATCH.value:
     config.batch_size = _BATCH.value
-  mesh = _mesh(config, devices)
-  rules = sharding.logical_rules(config.logical_axis_rules)
-  sharding.check_batch_size(config.batch_size, mesh, rules)
+  _mesh_shape(config)
+  mesh, rules = sharding.mesh_from_config(config, devices)
   text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules, abstract=True
   )
   step, _, abstract_state, _ = run_lib.jit_train_step(
     config, mesh, rules, text_apply, text_shardings
   )
-  batch = {
-    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.input_sharding(mesh))
-    for k, v in train_lib.batch_shapes(config, config.batch_size).items()
-  }
+  batch = train_lib.batch_shapes(
+    config, config.batch_size, sharding.input_sharding(mesh)
+  )
   state = {k: abstract_state[k] for k in ("params", "opt_state", "ema_params")}
   if _STATE_ONLY.value:
     return _report("train", devices, mesh, config.batch_size, state, None, 0.0, "")
@@ -242,9 +240,8 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
   def spec(shape, dtype):
     return jax.ShapeDtypeStruct((batch, *shape), dtype, sharding=batch_sharding)
 
-  shapes = train_lib.batch_shapes(config, 1)
   prev = None
-  if "cond_video" in shapes:  # The input stage's output, at its full shape.
+  if config.stage.input is not None:  # The input stage's output, at its full shape.
     s_in = config.stage.input
     prev = spec((s_in.frames, s_in.height, s_in.width, 3), jnp.float32)
   fn = jax.jit(pipeline.make_stage_fn(config, settings), out_shardings=batch_sharding)
@@ -263,7 +260,8 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
 
 def compile_text(config: Any, devices: list[Any]) -> Report:
   """The frozen T5 encoder of a stage config on a batch of captions."""
-  mesh = _mesh(config, devices)
+  _mesh_shape(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.logical_axis_rules)
   config.text.precomputed = False
   apply, params, shardings = run_lib.frozen_text_encoder(
