@@ -28,7 +28,9 @@ that file is removed.
 
 import contextlib
 import dataclasses
+import glob
 import json
+import os
 import time
 from typing import Any
 
@@ -61,6 +63,9 @@ _STATE_ONLY = flags.DEFINE_bool(
   "state_only", False, "Only the train state's bytes per chip (no lowering, seconds)."
 )
 _JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+_TABLE = flags.DEFINE_string(
+  "table", "", "Print the Markdown table of the --json reports in this folder, exit."
+)
 
 GIB = 2**30
 # HBM per chip, by substring of `jax.Device.device_kind`, first match (as
@@ -80,6 +85,7 @@ class Report:
   """What one compile measured, per chip (bytes, FLOPs, seconds)."""
 
   program: str
+  config: str  # --config, and the stage for --program=sample.
   devices: str  # e.g. '64 x TPU v5p'.
   mesh: dict[str, int]
   batch: int  # Global batch.
@@ -168,8 +174,10 @@ def _mesh_shape(config: Any) -> None:
 def _report(program, devices, mesh, batch, state, compiled, seconds, error) -> Report:
   peak = run_lib.peak_flops_of(devices[0].device_kind)
   hbm = hbm_bytes(devices[0])
+  name = _CONFIG.value + (f" --stage={_STAGE.value}" if program == "sample" else "")
   report = Report(
     program=program,
+    config=name,
     devices=f"{len(devices)} x {devices[0].device_kind}",
     mesh=dict(mesh.shape),
     batch=batch,
@@ -317,8 +325,40 @@ def print_report(r: Report) -> None:
   print(f"  compile: {r.compile_s / 60:.2f} min", flush=True)
 
 
+def markdown_table(reports: list[dict[str, Any]]) -> str:
+  """One row a report (Report's fields as in its JSON): GiB per chip, fits."""
+  rows = [
+    "| program | config | chips | mesh (data, fsdp, tensor) | global batch | "
+    "state GiB/chip | total GiB/chip | HBM GiB | fits | compile min |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in reports:
+    state = sum(r["state_bytes"].values()) / GIB
+    total = f"{r['memory']['total'] / GIB:.1f}" if r["memory"] else "-"
+    fits = {True: "yes", False: "no", None: "not compiled"}[r["fits"]]
+    mesh = ", ".join(str(v) for v in r["mesh"].values())
+    rows.append(
+      f"| {r['program']} | {r['config']} | {r['devices']} | {mesh} | {r['batch']} | "
+      f"{state:.2f} | {total} | {r['hbm_bytes'] / GIB:.0f} | {fits} | "
+      f"{r['compile_s'] / 60:.1f} |"
+    )
+  return "\n".join(rows)
+
+
 def main(argv: list[str], exits: contextlib.ExitStack) -> None:
   del argv, exits
+  if _TABLE.value:
+    paths = sorted(glob.glob(os.path.join(_TABLE.value, "*.json")))
+    if not paths:
+      raise ValueError(f"--table={_TABLE.value!r}: no *.json reports in that folder.")
+    reports = []
+    for path in paths:
+      with open(path) as f:
+        reports.append(json.load(f))
+    print(markdown_table(reports))
+    return
+  if not _CONFIG.value:
+    raise ValueError("--config is required (or --table=FOLDER).")
   devices = devices_of(_TOPOLOGY.value)
   config = config_utils.load_config(_CONFIG.value)
   is_cascade = "order" in config and "stages" in config
@@ -340,5 +380,4 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
   app.run(run_lib.main_of(main, signals=False))
