@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/venv.sh
+# The topology's devices come from libtpu's compiler; nothing runs on a TPU.
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 OUT=${OUT:-runs/compile}
 TIMEOUT=${TIMEOUT:-2700}  # Seconds per compile.
 STAGES="base tsr1 ssr1 ssr2 tsr2 tsr3 ssr3"
