@@ -251,12 +251,15 @@ def sample(
     first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]))
 
   # ------------------------------------------------------------------------ #
-  # Each stage's EMA parameters, replicated on every device.
+  # Each stage's EMA parameters in its compute dtype, replicated on every device.
   # ------------------------------------------------------------------------ #
   mesh = pipeline.make_mesh(jax.local_devices())  # Each host samples on its own.
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  variables = [jax.device_put(pipeline.as_variables(p), replicated) for p in ema]
+  variables = [
+    jax.device_put(pipeline.as_variables(pipeline.sampling_params(p, c)), replicated)
+    for p, c in zip(ema, configs, strict=True)
+  ]
   del ema
 
   # ------------------------------------------------------------------------ #

@@ -9,6 +9,7 @@ import sys
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -246,6 +247,24 @@ def test_unconditional_half_sees_no_text():
     _TextProbe(), None, None, emb, mask, None, None, single=True, extra=False
   )
   np.testing.assert_allclose(single(z, logsnr, 0)[1], 8.0)
+
+
+def test_sampling_params_take_the_compute_dtype():
+  params = {"w": jnp.ones((2, 3)), "step": jnp.array(3, jnp.int32)}
+  bf16 = pipeline.sampling_params(
+    params, ml_collections.ConfigDict(dict(dtype="bfloat16"))
+  )
+  assert bf16["w"].dtype == jnp.bfloat16 and bf16["step"].dtype == jnp.int32
+  np.testing.assert_array_equal(bf16["w"].astype(jnp.float32), params["w"])
+  f32 = pipeline.sampling_params(
+    params, ml_collections.ConfigDict(dict(dtype="float32"))
+  )
+  assert f32["w"] is params["w"]
+  spec = {"w": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=None)}
+  abstract = pipeline.sampling_params(
+    spec, ml_collections.ConfigDict(dict(dtype="bfloat16"))
+  )
+  assert abstract["w"].shape == (4,) and abstract["w"].dtype == jnp.bfloat16
 
 
 def test_input_video_becomes_first_stage_input(tmp_path):

@@ -240,7 +240,7 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
   params = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0))["ema_params"])
   variables = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-    pipeline.as_variables(params),
+    pipeline.as_variables(pipeline.sampling_params(params, config)),
   )
   batch = _BATCH_PER_CHIP.value * len(devices)
   length, dim = config.text.max_length, train_lib.text_dim(config)

@@ -9,6 +9,7 @@ sample i of a run is the same video whatever the batch it was drawn in.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +162,23 @@ def make_stage_fn(
 def as_variables(params: dict) -> dict:
   """Restored EMA params -> flax variables ({'params': ...})."""
   return params if set(params) == {"params"} else {"params": params}
+
+
+def sampling_params(params: Any, config: ml_collections.ConfigDict) -> Any:
+  """EMA params in the stage's compute dtype (config.dtype), for sampling.
+
+  A bfloat16 stage casts its float32 weights to bfloat16 in every layer anyway;
+  casting them once before they are replicated halves each device's copy (the
+  paper base: 22.8 -> 11.4 GB, which fits a 16 GB v5e chip). A float32 stage's
+  params come back unchanged.
+  """
+  dtype = jnp.dtype(config.dtype)
+
+  def cast(x):
+    if dtype == x.dtype or not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+
+  return jax.tree.map(cast, params)
