@@ -14,12 +14,6 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opts = common.parse_arg(arg, batch=0, steps=0)
   v = opts.variant
-  stage = {
-    "paper": common.shape("base", 16, 24, 40, 3),
-    "demo": common.shape("base", 8, 16, 16, 4),
-    "runlocal": common.shape("base", 2, 8, 8, 1),
-  }[v]
-  input_stage = None
   if v == "paper":
     model = common.model_config(
       base_channels=256,
@@ -32,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     model = common.small_model(v, temporal="attention")
-  config = common.stage_config(stage, input_stage, model, v)
+  config = common.stage_config("base", model, v)
   if v == "demo":  # About 16 minutes on a 2-core CPU (launch/demo.sh).
     # The digit's identity is what the base learns last; the settings below are
     # for it.

@@ -56,13 +56,66 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
-def shape(
-  name: str, frames: int, height: int, width: int, fps: float
-) -> ml_collections.ConfigDict:
-  """A stage's output shape: frames x height x width at fps."""
-  return ml_collections.ConfigDict(
-    dict(name=name, frames=frames, height=height, width=width, fps=float(fps))
+# Every stage's output (frames, height, width, fps) and the stage whose output
+# it reads, per variant (paper Fig. 6 for "paper"). An input given as (name,
+# shape) is that stage's clips at another frame rate: the demo's temporal SR
+# stages learn 8 -> 16 frames from ssr1's videos at half its fps.
+STAGE_SHAPES = {
+  "paper": {
+    "base": ((16, 24, 40, 3), None),
+    "tsr1": ((32, 24, 40, 6), "base"),
+    "ssr1": ((32, 48, 80, 6), "tsr1"),
+    "ssr2": ((32, 192, 320, 6), "ssr1"),
+    "tsr2": ((64, 192, 320, 12), "ssr2"),
+    "tsr3": ((128, 192, 320, 24), "tsr2"),
+    "ssr3": ((128, 768, 1280, 24), "tsr3"),
+  },
+  "demo": {
+    "base": ((8, 16, 16, 4), None),
+    "tsr1": ((16, 16, 16, 8), "base"),
+    "ssr1": ((16, 32, 32, 8), "tsr1"),
+    "ssr2": ((16, 64, 64, 8), "ssr1"),
+    "tsr2": ((16, 32, 32, 8), ("ssr1", (8, 32, 32, 4))),
+    "tsr3": ((16, 32, 32, 8), ("ssr1", (8, 32, 32, 4))),
+    "ssr3": ((16, 64, 64, 8), "tsr1"),
+  },
+  "runlocal": {
+    "base": ((2, 8, 8, 1), None),
+    "tsr1": ((4, 8, 8, 2), "base"),
+    "ssr1": ((4, 16, 16, 2), "tsr1"),
+    "ssr2": ((4, 64, 64, 2), "ssr1"),
+    "tsr2": ((8, 64, 64, 4), "ssr2"),
+    "tsr3": ((16, 64, 64, 8), "tsr2"),
+    "ssr3": ((16, 256, 256, 8), "tsr3"),
+  },
+}
+
+
+def stage_shapes(
+  name: str, variant: str
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict | None]:
+  """A stage's output shape and its input's (None for a base), from STAGE_SHAPES.
+
+  Each is a ConfigDict(name, frames, height, width, fps), as config.stage and
+  config.stage.input hold them.
+  """
+  table = STAGE_SHAPES[variant]
+  if name not in table:
+    raise ValueError(f"Unknown stage {name!r}; stages: {list(table)}.")
+
+  def shape(stage: str, dims: tuple) -> ml_collections.ConfigDict:
+    frames, height, width, fps = dims
+    return ml_collections.ConfigDict(
+      dict(name=stage, frames=frames, height=height, width=width, fps=float(fps))
+    )
+
+  dims, source = table[name]
+  if source is None:
+    return shape(name, dims), None
+  source, source_dims = (
+    (source, table[source][0]) if isinstance(source, str) else source
   )
+  return shape(name, dims), shape(source, source_dims)
 
 
 def model_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -134,12 +187,10 @@ def small_model(
 
 
 def stage_config(
-  stage: ml_collections.ConfigDict,
-  input_stage: ml_collections.ConfigDict | None,
-  model: ml_collections.ConfigDict,
-  variant: str,
+  name: str, model: ml_collections.ConfigDict, variant: str
 ) -> ml_collections.ConfigDict:
-  """Every key of a stage's training config, with defaults for `variant`."""
+  """Every key of stage `name`'s training config, with defaults for `variant`."""
+  stage, input_stage = stage_shapes(name, variant)
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.stage.input = input_stage  # Previous stage's output shape (None for base).

@@ -14,16 +14,6 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opts = common.parse_arg(arg, batch=0, steps=0)
   v = opts.variant
-  stage = {
-    "paper": common.shape("ssr1", 32, 48, 80, 6),
-    "demo": common.shape("ssr1", 16, 32, 32, 8),
-    "runlocal": common.shape("ssr1", 4, 16, 16, 2),
-  }[v]
-  input_stage = {
-    "paper": common.shape("tsr1", 32, 24, 40, 6),
-    "demo": common.shape("tsr1", 16, 16, 16, 8),
-    "runlocal": common.shape("tsr1", 4, 8, 8, 2),
-  }[v]
   if v == "paper":
     model = common.model_config(
       base_channels=256,
@@ -36,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     model = common.small_model(v, temporal="conv", spatial_attention=False)
-  config = common.stage_config(stage, input_stage, model, v)
+  config = common.stage_config("ssr1", model, v)
   if v == "demo":  # Minutes on a 2-core CPU: 16x16 crops, a quarter of the cost,
     # of 4-frame runs: a step costs a third of a 16-frame one, so 800 steps train
     # in about the time of 200 and keep the digits

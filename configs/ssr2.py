@@ -14,16 +14,6 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opts = common.parse_arg(arg, batch=0, steps=0)
   v = opts.variant
-  stage = {
-    "paper": common.shape("ssr2", 32, 192, 320, 6),
-    "demo": common.shape("ssr2", 16, 64, 64, 8),
-    "runlocal": common.shape("ssr2", 4, 64, 64, 2),
-  }[v]
-  input_stage = {
-    "paper": common.shape("ssr1", 32, 48, 80, 6),
-    "demo": common.shape("ssr1", 16, 32, 32, 8),
-    "runlocal": common.shape("ssr1", 4, 16, 16, 2),
-  }[v]
   if v == "paper":
     model = common.model_config(
       base_channels=128,
@@ -36,5 +26,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     model = common.small_model(v, temporal="conv")
-  config = common.stage_config(stage, input_stage, model, v)
+  config = common.stage_config("ssr2", model, v)
   return common.apply_options(config, opts)

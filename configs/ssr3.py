@@ -15,16 +15,6 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opts = common.parse_arg(arg, batch=0, steps=0)
   v = opts.variant
-  stage = {
-    "paper": common.shape("ssr3", 128, 768, 1280, 24),
-    "demo": common.shape("ssr3", 16, 64, 64, 8),
-    "runlocal": common.shape("ssr3", 16, 256, 256, 8),
-  }[v]
-  input_stage = {
-    "paper": common.shape("tsr3", 128, 192, 320, 24),
-    "demo": common.shape("tsr1", 16, 16, 16, 8),
-    "runlocal": common.shape("tsr3", 16, 64, 64, 8),
-  }[v]
   if v == "paper":
     model = common.model_config(
       base_channels=128,
@@ -37,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     model = common.small_model(v, temporal="conv", spatial_attention=False)
-  config = common.stage_config(stage, input_stage, model, v)
+  config = common.stage_config("ssr3", model, v)
   # Fully convolutional, so it trains on crops and samples at full size.
   config.stage.crop = {"paper": (192, 320), "demo": (32, 32), "runlocal": (32, 32)}[v]
   return common.apply_options(config, opts)

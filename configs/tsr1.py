@@ -14,16 +14,6 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opts = common.parse_arg(arg, batch=0, steps=0)
   v = opts.variant
-  stage = {
-    "paper": common.shape("tsr1", 32, 24, 40, 6),
-    "demo": common.shape("tsr1", 16, 16, 16, 8),
-    "runlocal": common.shape("tsr1", 4, 8, 8, 2),
-  }[v]
-  input_stage = {
-    "paper": common.shape("base", 16, 24, 40, 3),
-    "demo": common.shape("base", 8, 16, 16, 4),
-    "runlocal": common.shape("base", 2, 8, 8, 1),
-  }[v]
   if v == "paper":
     model = common.model_config(
       base_channels=256,
@@ -40,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # as many digits
     # (docs/EXPERIMENTS.md#2026-11-25-tsr1-without-spatial-attention-8-sr-sampling-steps).
     model = common.small_model(v, temporal="conv", spatial_attention=v != "demo")
-  config = common.stage_config(stage, input_stage, model, v)
+  config = common.stage_config("tsr1", model, v)
   if v == "demo":  # Minutes on a 2-core CPU (launch/demo.sh).
     # Copying the base's digits is what these steps must learn; crops and
     # 4-frame runs buy more steps in the same minutes

@@ -14,16 +14,6 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   opts = common.parse_arg(arg, batch=0, steps=0)
   v = opts.variant
-  stage = {
-    "paper": common.shape("tsr3", 128, 192, 320, 24),
-    "demo": common.shape("tsr3", 16, 32, 32, 8),
-    "runlocal": common.shape("tsr3", 16, 64, 64, 8),
-  }[v]
-  input_stage = {
-    "paper": common.shape("tsr2", 64, 192, 320, 12),
-    "demo": common.shape("ssr1", 8, 32, 32, 4),
-    "runlocal": common.shape("tsr2", 8, 64, 64, 4),
-  }[v]
   if v == "paper":
     model = common.model_config(
       base_channels=128,
@@ -36,5 +26,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   else:
     model = common.small_model(v, temporal="conv", spatial_attention=False)
-  config = common.stage_config(stage, input_stage, model, v)
+  config = common.stage_config("tsr3", model, v)
   return common.apply_options(config, opts)
