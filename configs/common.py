@@ -1,11 +1,17 @@
 """Defaults shared by every stage config.
 
-A stage is data: `stage_config` fills every key a stage needs; each stage file
-(base.py, tsr1.py, ...) only states what differs. Every key has a one-line
-comment. `get_config(arg)` in a stage file takes `paper`, `demo` or `runlocal`,
-optionally followed by `,key=value` options (for example `paper,batch=256`).
+A stage is data: `STAGE_SHAPES` holds its output and input shapes,
+`stage_config` fills every other key, and each stage file (base.py, tsr1.py,
+...) gives only its paper U-Net and its recipe through `stage_from_arg`. Every
+key has a one-line comment. `get_config(arg)` in a stage file takes `paper`,
+`demo` or `runlocal`, optionally followed by `,key=value` options (for example
+`paper,batch=256`). Launch a paper stage on a TPU pod with
+  bash launch/tpu.sh --stage=base --config=configs/base.py:paper ...
+and a demo stage on this machine with
+  python -m imagen_video_jax.train --config=configs/base.py:demo --workdir=runs/base
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -123,26 +129,19 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.base_channels = 64  # Channels of the first level.
   m.channel_mult = (1, 2, 4)  # Channels per level = base_channels * mult.
-  m.num_res_blocks = (
-    1,
-    2,
-    3,
-  )  # ResBlocks per level (Efficient U-Net: more at low res).
+  # ResBlocks per level (Efficient U-Net: more at low res).
+  m.num_res_blocks = (1, 2, 3)
   m.spatial_attention = (False, True, True)  # Spatial self-attention per level.
   m.cross_attention = (False, True, True)  # Text cross-attention per level.
-  m.temporal_mixing = (
-    "conv",
-    "conv",
-    "conv",
-  )  # 'attention' | 'conv' | 'none' per level.
+  # 'attention' | 'conv' | 'none' per level.
+  m.temporal_mixing = ("conv", "conv", "conv")
   m.head_dim = 64  # Attention head size.
   m.dropout = 0.0  # Dropout in ResBlocks.
   m.out_channels = 3  # Prediction channels (RGB).
   m.cond_channels = 0  # Channels of the SR conditioning video (0 for base).
   m.use_aug_embedding = False  # Embed the noise-augmentation logSNR (SR stages).
-  m.embed_dim = (
-    256  # Width of the conditioning embedding (lambda, lambda', pooled text).
-  )
+  # Width of the conditioning embedding (lambda, lambda', pooled text).
+  m.embed_dim = 256
   m.num_extra_scalars = 0  # Extra scalar conditions (distillation adds guidance w).
   # SR stages: predict the v of the residual x - cond (v_hat = out - sigma_t cond),
   # so an untrained net already copies its input; needs parameterization 'v'. Off:
@@ -280,6 +279,28 @@ def stage_config(
   c.remat = "block" if variant == "paper" else "none"  # 'none' | 'block' | 'full'.
   c.peak_flops = 0.0  # Peak FLOP/s per device for MFU (0 = look up by device kind).
   return c
+
+
+def stage_from_arg(
+  name: str,
+  arg: str | None,
+  paper_unet: dict[str, Any],
+  small_unet: dict[str, Any],
+  recipe: Callable[[ml_collections.ConfigDict, str], None] | None = None,
+) -> ml_collections.ConfigDict:
+  """Stage `name`'s config for `arg` ("variant,key=value,...").
+
+  The paper variant builds `model_config(**paper_unet)`, the others
+  `small_model(variant, **small_unet)`; `recipe(config, variant)` then edits the
+  stage's config in place, and the `,batch=`/`,steps=` options come last.
+  """
+  opts = parse_arg(arg, batch=0, steps=0)
+  v = opts.variant
+  model = model_config(**paper_unet) if v == "paper" else small_model(v, **small_unet)
+  config = stage_config(name, model, v)
+  if recipe is not None:
+    recipe(config, v)
+  return apply_options(config, opts)
 
 
 def apply_options(

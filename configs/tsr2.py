@@ -1,30 +1,22 @@
-"""Stage 5, TSR: 64x320x192 at 12 fps from ssr2's 32x320x192; 780M parameters.
-
-Paper Fig. 6 / Sec. 2.2. Launch on a TPU pod:
-  bash launch/tpu.sh --stage=tsr2 --config=configs/tsr2.py:paper --workdir=gs://BUCKET/tsr2
-Locally (bouncing digits):
-  python -m imagen_video_jax.train --config=configs/tsr2.py:demo --workdir=runs/tsr2
-"""
+"""Stage 5, TSR: 64x320x192 at 12 fps from ssr2's 32x320x192; 780M parameters."""
 
 import ml_collections
 
 from configs import common
 
+# Paper Fig. 6 / Sec. 2.2.
+PAPER_UNET = dict(
+  base_channels=128,
+  channel_mult=(1, 2, 4, 6, 6),
+  num_res_blocks=(2, 3, 3, 5, 5),
+  spatial_attention=(False,) * 5,
+  cross_attention=(False, False, True, True, True),
+  temporal_mixing=("conv",) * 5,
+  embed_dim=1024,
+)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  opts = common.parse_arg(arg, batch=0, steps=0)
-  v = opts.variant
-  if v == "paper":
-    model = common.model_config(
-      base_channels=128,
-      channel_mult=(1, 2, 4, 6, 6),
-      num_res_blocks=(2, 3, 3, 5, 5),
-      spatial_attention=(False,) * 5,
-      cross_attention=(False, False, True, True, True),
-      temporal_mixing=("conv",) * 5,
-      embed_dim=1024,
-    )
-  else:
-    model = common.small_model(v, temporal="conv", spatial_attention=False)
-  config = common.stage_config("tsr2", model, v)
-  return common.apply_options(config, opts)
+  return common.stage_from_arg(
+    "tsr2", arg, PAPER_UNET, dict(temporal="conv", spatial_attention=False)
+  )
