@@ -1,5 +1,6 @@
 """Loading configs given as `path/to/stage.py:arg` (as absl's config_flags does)."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,6 +29,55 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageShape:
+  """Frames x height x width at fps: a stage's output or input, or a source's clips.
+
+  A stage may train on a crop of its frames ((h, w) `crop`) and on runs of
+  `crop_frames` consecutive frames; it always samples at its full size.
+  """
+
+  frames: int  # 0 for an image source.
+  height: int
+  width: int
+  fps: float
+  crop: tuple[int, int] | None = None
+  crop_frames: int | None = None
+
+  @classmethod
+  def of(cls, c: ml_collections.ConfigDict | None) -> "StageShape | None":
+    """The shape `config.stage` or `config.stage.input` holds (None for None)."""
+    if c is None:
+      return None
+    crop, crop_frames = c.get("crop"), c.get("crop_frames")
+    return cls(
+      int(c.frames),
+      int(c.height),
+      int(c.width),
+      float(c.fps),
+      None if crop is None else tuple(int(v) for v in crop),
+      None if crop_frames is None else int(crop_frames),
+    )
+
+  @property
+  def size(self) -> tuple[int, int, int]:
+    """(frames, height, width) at full size, as a stage generates it."""
+    return (self.frames, self.height, self.width)
+
+  @property
+  def train_frames(self) -> int:
+    """Frames of a training example: crop_frames when training on runs."""
+    return self.crop_frames or self.frames
+
+  @property
+  def train_hw(self) -> tuple[int, int]:
+    """(height, width) of a training example: the crop's when cropping."""
+    return self.crop or (self.height, self.width)
+
+  def __str__(self) -> str:
+    return "x".join(str(d) for d in self.size)
 
 
 # Compute settings of a run (they change no parameter, so a resume may change

@@ -33,21 +33,11 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import sharding, video_io
+from imagen_video_jax import config_utils, sharding, video_io
 
 _VIDEO, _IMAGE = "video", "image"
 # The project's TFDS dataset folders (data/NAME), buildable with `tfds build`.
 DATASETS = ("bouncing_digits", "video_text_folder", "image_text_folder")
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  """Frames x height x width at fps (a stage's output or a source's clips)."""
-
-  frames: int
-  height: int
-  width: int
-  fps: float
 
 
 class _EncodedFrames(tfds.decode.Decoder):
@@ -70,7 +60,7 @@ class Source:
   name: str
   kind: str  # 'video' | 'image'
   data: Any
-  shape: Shape  # frames=0 for images.
+  shape: config_utils.StageShape  # frames=0 for images.
   features: tfds.features.FeaturesDict
   encoded: bool  # Video frames left encoded in `data` (decoded by `frames`).
 
@@ -144,7 +134,7 @@ def open_source(
     raise ValueError(
       f"Dataset {name!r} has no 'fps' metadata; set config.data.source_fps."
     )
-  shape = Shape(t, h, w, float(fps or 0.0))
+  shape = config_utils.StageShape(t, h, w, float(fps or 0.0))
   return Source(name, kind, data, shape, features, encoded)
 
 
@@ -179,11 +169,9 @@ class Cut:
 class StageTransform:
   """Turns a source clip into the stage's `video` (+ `cond_video`) example."""
 
-  stage: Shape
-  cond: Shape | None
-  crop: tuple[int, int] | None
-  source: Shape
-  crop_frames: int | None = None
+  stage: config_utils.StageShape  # With the crop and crop_frames it trains on.
+  cond: config_utils.StageShape | None
+  source: config_utils.StageShape
 
   def __post_init__(self):
     s, src = self.stage, self.source
@@ -209,18 +197,18 @@ class StageTransform:
           f"{(s.frames - 1) * step + 1} source frames at {src.fps} fps; the "
           f"source has {src.frames}."
         )
-    if self.crop_frames is not None:
+    if s.crop_frames is not None:
       r = self.frame_ratio
-      if not 0 < self.crop_frames <= s.frames or self.crop_frames % r:
+      if not 0 < s.crop_frames <= s.frames or s.crop_frames % r:
         raise ValueError(
-          f"stage.crop_frames={self.crop_frames} must lie in [1, {s.frames}] and be "
+          f"stage.crop_frames={s.crop_frames} must lie in [1, {s.frames}] and be "
           f"a multiple of the stage's frame ratio {r} (stage.frames / "
           "stage.input.frames)."
         )
-    if self.crop is not None:
-      ch, cw = self.crop
+    if s.crop is not None:
+      ch, cw = s.crop
       if not (0 < ch <= s.height and 0 < cw <= s.width):
-        raise ValueError(f"Crop {self.crop} does not fit in {s.height}x{s.width}.")
+        raise ValueError(f"Crop {s.crop} does not fit in {s.height}x{s.width}.")
       if self.cond is not None:
         sy, sx = self.crop_scale
         if (
@@ -230,7 +218,7 @@ class StageTransform:
           or cw % sx
         ):
           raise ValueError(
-            f"Crop {self.crop} of a {s.height}x{s.width} stage with input "
+            f"Crop {s.crop} of a {s.height}x{s.width} stage with input "
             f"{self.cond.height}x{self.cond.width} needs integer scale factors "
             "dividing the crop."
           )
@@ -262,16 +250,16 @@ class StageTransform:
     s, r = self.stage, self.frame_ratio
     indices = self.frame_indices(rng) if video else None
     y = x = 0
-    if self.crop is not None:
-      (ch, cw), (sy, sx) = self.crop, self.crop_scale
+    if s.crop is not None:
+      (ch, cw), (sy, sx) = s.crop, self.crop_scale
       # Offsets on the input's grid so that both crops cover the same region.
       y = int(sy * rng.integers(0, (s.height - ch) // sy + 1))
       x = int(sx * rng.integers(0, (s.width - cw) // sx + 1))
-    if self.crop_frames is not None and video:
+    if s.crop_frames is not None and video:
       # A run of consecutive frames starting on an input frame, so that its
       # frames [::r] are the conditioning's.
-      f = r * rng.integers(0, (s.frames - self.crop_frames) // r + 1)
-      indices = indices[f : f + self.crop_frames]
+      f = r * rng.integers(0, (s.frames - s.crop_frames) // r + 1)
+      indices = indices[f : f + s.crop_frames]
     return Cut(indices, y, x)
 
   def __call__(self, frames: np.ndarray, cut: Cut) -> dict:
@@ -286,8 +274,8 @@ class StageTransform:
     video = video_io.resize(frames, s.height, s.width)
     if c is not None:
       cond = video_io.resize(frames[::r], c.height, c.width)  # Frame skipping to c.fps.
-    if self.crop is not None:
-      (ch, cw), (sy, sx), y, x = self.crop, self.crop_scale, cut.y, cut.x
+    if s.crop is not None:
+      (ch, cw), (sy, sx), y, x = s.crop, self.crop_scale, cut.y, cut.x
       video = video[:, y : y + ch, x : x + cw]
       if c is not None:
         cond = cond[:, y // sy : (y + ch) // sy, x // sx : (x + cw) // sx]
@@ -337,10 +325,6 @@ class _Tokenize(grain.transforms.Map):
     return batch
 
 
-def _stage_shape(c: ml_collections.ConfigDict) -> Shape:
-  return Shape(int(c.frames), int(c.height), int(c.width), float(c.fps))
-
-
 def build_local_dataset(
   config: ml_collections.ConfigDict,
   *,
@@ -383,10 +367,8 @@ def _local_parts(
     )
   if not data.mixture:
     raise ValueError("config.data.mixture is empty.")
-  stage = _stage_shape(config.stage)
-  cond = _stage_shape(config.stage.input) if config.stage.input else None
-  crop = tuple(config.stage.crop) if config.stage.get("crop") else None
-  crop_frames = config.stage.get("crop_frames")
+  stage = config_utils.StageShape.of(config.stage)
+  cond = config_utils.StageShape.of(config.stage.input)
   precomputed = bool(config.text.get("precomputed", False))
   seeds = np.random.SeedSequence([seed, process_index]).generate_state(
     2 * len(data.mixture)
@@ -410,10 +392,10 @@ def _local_parts(
         f"config.text.precomputed is set but {name!r} has no 'text_emb' feature "
         f"(features: {source.features})."
       )
-    transform = StageTransform(stage, cond, crop, source.shape, crop_frames)
+    transform = StageTransform(stage, cond, source.shape)
     batch_size = config.batch_size // process_count
     if source.kind == _IMAGE:  # T times as many images: as many pixels.
-      batch_size *= crop_frames or stage.frames
+      batch_size *= stage.train_frames
     ds = grain.MapDataset.source(source.data)[process_index::process_count]
     if data.shuffle:
       ds = ds.shuffle(seed=int(seeds[2 * i]))

@@ -248,7 +248,7 @@ def sample(
   first_input = None
   if input_video:
     frames, _ = video_io.read_video(input_video)
-    first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]))
+    first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]).size)
 
   # ------------------------------------------------------------------------ #
   # Each stage's EMA parameters in its compute dtype, replicated on every device.

@@ -200,29 +200,19 @@ def dummy_inputs(
   return kw
 
 
-def stage_hw(stage: ml_collections.ConfigDict) -> tuple[int, int]:
-  """Training height and width: the crop's when the stage trains on crops."""
-  return tuple(stage.crop) if stage.get("crop") else (stage.height, stage.width)
-
-
-def stage_frames(stage: ml_collections.ConfigDict) -> int:
-  """Training frames: stage.crop_frames when the stage trains on runs of frames."""
-  return int(stage.get("crop_frames") or stage.frames)
-
-
 def make_init_fn(
   config: ml_collections.ConfigDict,
   model: video_unet.VideoUNet,
   tx: optax.GradientTransformation,
 ) -> Callable[[jax.Array], dict[str, Any]]:
   """rng -> initial train state {step, params, opt_state, ema_params} (boxed)."""
-  stage = config.stage
-  height, width = stage_hw(stage)
+  stage = config_utils.StageShape.of(config.stage)
+  height, width = stage.train_hw
 
   def init_fn(rng: jax.Array) -> dict[str, Any]:
     inputs = dummy_inputs(
       config,
-      frames=stage_frames(stage),
+      frames=stage.train_frames,
       height=height,
       width=width,
       text_length=config.text.max_length,
@@ -419,18 +409,17 @@ def batch_shapes(
   a crop scales it) for SR stages, and 'tokens' [B,L] int32 or, when
   config.text.precomputed, 'text_emb' [B,L,D] float32.
   """
-  stage, length = config.stage, config.text.max_length
-  h, w = stage_hw(stage)
-  f32, b = jnp.float32, batch_size
+  stage = config_utils.StageShape.of(config.stage)
+  s_in, length = config_utils.StageShape.of(config.stage.input), config.text.max_length
+  (h, w), f32, b = stage.train_hw, jnp.float32, batch_size
   shapes = {
-    "video": jax.ShapeDtypeStruct((b, stage_frames(stage), h, w, 3), f32),
+    "video": jax.ShapeDtypeStruct((b, stage.train_frames, h, w, 3), f32),
     "is_image": jax.ShapeDtypeStruct((b,), jnp.bool_),
     "text_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_),
   }
-  if stage.input is not None:
-    s_in = stage.input
+  if s_in is not None:
     scale_h, scale_w = h / stage.height, w / stage.width  # Crops scale the input.
-    frames = stage_frames(stage) * s_in.frames // stage.frames
+    frames = stage.train_frames * s_in.frames // stage.frames
     shape = (b, frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
     shapes["cond_video"] = jax.ShapeDtypeStruct(shape, f32)
   if config.text.precomputed:

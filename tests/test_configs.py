@@ -58,6 +58,26 @@ def _flag_config(*overrides):
   return fv.config
 
 
+def test_stage_shape_reads_the_table_and_the_training_crop():
+  config = config_utils.load_config("configs/tsr1.py:demo")
+  shape = config_utils.StageShape.of(config.stage)
+  # STAGE_SHAPES["demo"]["tsr1"] and tsr1's demo recipe (8x8 crops, 4-frame runs).
+  assert (shape.size, shape.fps) == ((16, 16, 16), 8.0)
+  assert (shape.train_frames, shape.train_hw) == (4, (8, 8))
+  assert str(shape) == "16x16x16"
+  source = config_utils.StageShape.of(config.stage.input)
+  assert (source.size, source.fps, source.crop) == ((8, 16, 16), 4.0, None)
+  assert (source.train_frames, source.train_hw) == (8, (16, 16))
+  assert (
+    config_utils.StageShape.of(
+      config_utils.load_config("configs/base.py:demo").stage.input
+    )
+    is None
+  )
+  with pytest.raises(ValueError, match="Unknown stage 'tsr9'"):
+    common.stage_shapes("tsr9", "demo")
+
+
 def test_dtype_and_remat_are_one_key_each_and_checked():
   """config.dtype and config.remat reach the model; model.dtype is no key."""
   config = _flag_config("--config.dtype=bfloat16", "--config.remat=full")

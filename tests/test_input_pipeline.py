@@ -117,10 +117,9 @@ def _numbered_clip(frames=16, size=64):
 
 def test_frame_skipping_and_conditioning_frames():
   transform = ip.StageTransform(
-    stage=ip.Shape(8, 32, 32, 4.0),
-    cond=ip.Shape(4, 16, 16, 2.0),
-    crop=None,
-    source=ip.Shape(16, 64, 64, 8.0),
+    stage=config_utils.StageShape(8, 32, 32, 4.0),
+    cond=config_utils.StageShape(4, 16, 16, 2.0),
+    source=config_utils.StageShape(16, 64, 64, 8.0),
   )
   seen = set()
   for seed in range(20):
@@ -145,10 +144,9 @@ def test_crop_is_shared_by_frames_and_conditioning():
   frame = np.stack([yy * 4, xx * 4, np.zeros_like(yy)], -1).astype(np.uint8)
   clip = np.repeat(frame[None], 4, 0)
   transform = ip.StageTransform(
-    stage=ip.Shape(4, 64, 64, 8.0),
-    cond=ip.Shape(4, 16, 16, 8.0),
-    crop=(32, 24),
-    source=ip.Shape(4, 64, 64, 8.0),
+    stage=config_utils.StageShape(4, 64, 64, 8.0, crop=(32, 24)),
+    cond=config_utils.StageShape(4, 16, 16, 8.0),
+    source=config_utils.StageShape(4, 64, 64, 8.0),
   )
   offsets = set()
   for _ in range(10):
@@ -169,11 +167,9 @@ def test_crop_is_shared_by_frames_and_conditioning():
 def _run_transform(crop_frames):
   """8 frames at 4 fps conditioned on 4 at 2 fps, trained on runs of crop_frames."""
   return ip.StageTransform(
-    stage=ip.Shape(8, 32, 32, 4.0),
-    cond=ip.Shape(4, 16, 16, 2.0),
-    crop=None,
-    source=ip.Shape(16, 64, 64, 8.0),
-    crop_frames=crop_frames,
+    stage=config_utils.StageShape(8, 32, 32, 4.0, crop_frames=crop_frames),
+    cond=config_utils.StageShape(4, 16, 16, 2.0),
+    source=config_utils.StageShape(16, 64, 64, 8.0),
   )
 
 
@@ -211,20 +207,35 @@ def test_crop_frames_must_fit_the_frame_ratio(crop_frames):
 @pytest.mark.parametrize(
   "stage, cond, source, match",
   [
-    (ip.Shape(8, 128, 64, 4.0), None, ip.Shape(16, 64, 64, 8.0), "128x64"),
-    (ip.Shape(16, 64, 64, 4.0), None, ip.Shape(16, 64, 64, 8.0), "16 frames"),
-    (ip.Shape(8, 64, 64, 3.0), None, ip.Shape(16, 64, 64, 8.0), "8.0 / 3.0"),
     (
-      ip.Shape(8, 32, 32, 4.0),
-      ip.Shape(8, 16, 16, 2.0),
-      ip.Shape(16, 64, 64, 8),
+      config_utils.StageShape(8, 128, 64, 4.0),
+      None,
+      config_utils.StageShape(16, 64, 64, 8.0),
+      "128x64",
+    ),
+    (
+      config_utils.StageShape(16, 64, 64, 4.0),
+      None,
+      config_utils.StageShape(16, 64, 64, 8.0),
+      "16 frames",
+    ),
+    (
+      config_utils.StageShape(8, 64, 64, 3.0),
+      None,
+      config_utils.StageShape(16, 64, 64, 8.0),
+      "8.0 / 3.0",
+    ),
+    (
+      config_utils.StageShape(8, 32, 32, 4.0),
+      config_utils.StageShape(8, 16, 16, 2.0),
+      config_utils.StageShape(16, 64, 64, 8),
       "8 frames",
     ),
   ],
 )
 def test_transform_rejects_bad_shapes(stage, cond, source, match):
   with pytest.raises(ValueError, match=match):
-    ip.StageTransform(stage=stage, cond=cond, crop=None, source=source)
+    ip.StageTransform(stage=stage, cond=cond, source=source)
 
 
 # --- The pipeline on the built dataset ---

@@ -171,7 +171,9 @@ def test_runlocal_cascade_has_paper_ratios():
   for variant in ("paper", "runlocal"):
     configs = _configs(*(f"{n}.py:{variant}" for n in common.STAGES))
     ratios[variant] = [
-      tuple(o / i for o, i in zip(stages.output_shape(c), stages.input_shape(c)))
+      tuple(
+        o / i for o, i in zip(stages.output_shape(c).size, stages.input_shape(c).size)
+      )
       for c in configs[1:]
     ]
   assert ratios["runlocal"] == ratios["paper"]

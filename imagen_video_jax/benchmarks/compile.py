@@ -315,8 +315,11 @@ def print_report(r: Report) -> None:
   fits = {True: "yes", False: "no", None: "not compiled"}[r.fits]
   print(f"  fits: {fits}{' (' + r.error + ')' if r.error else ''}")
   if r.memory is not None:
-    print(f"  FLOPs per call per chip: {r.flops:.4g}")
-    if r.estimated_s:
+    # XLA's cost analysis counts a while loop's body once: a sampling loop's
+    # figure is one sampling step, and its time estimate is meaningless.
+    loop = " (one step of the loop)" if r.program == "sample" else ""
+    print(f"  FLOPs per call per chip{loop}: {r.flops:.4g}")
+    if r.estimated_s > 0 and r.program != "sample":
       mfu = r.flops / (r.estimated_s * r.peak_flops) if r.peak_flops else float("nan")
       print(
         f"  compiler's estimate (not a measurement): {r.estimated_s:.4g} s per "

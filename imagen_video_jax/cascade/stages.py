@@ -11,25 +11,22 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from imagen_video_jax import config_utils
 from imagen_video_jax.cascade import conditioning
 
-Shape = tuple[int, int, int]  # (frames, height, width)
+
+def output_shape(config: ml_collections.ConfigDict) -> config_utils.StageShape:
+  """The shape a stage generates (its full size, never its crop)."""
+  return config_utils.StageShape.of(config.stage)
 
 
-def output_shape(config: ml_collections.ConfigDict) -> Shape:
-  """(frames, height, width) a stage generates (its full size, never its crop)."""
-  s = config.stage
-  return (int(s.frames), int(s.height), int(s.width))
+def input_shape(config: ml_collections.ConfigDict) -> config_utils.StageShape | None:
+  """The shape a stage is conditioned on; None for a base stage."""
+  return config_utils.StageShape.of(config.stage.input)
 
 
-def input_shape(config: ml_collections.ConfigDict) -> Shape | None:
-  """(frames, height, width) a stage is conditioned on; None for a base stage."""
-  s = config.stage.input
-  return None if s is None else (int(s.frames), int(s.height), int(s.width))
-
-
-def _fmt(shape: Shape | None) -> str:
-  return "text only" if shape is None else "x".join(str(d) for d in shape)
+def _fmt(shape: config_utils.StageShape | None) -> str:
+  return "text only" if shape is None else str(shape)
 
 
 def select_stages(order: Sequence[str], spec: str) -> tuple[str, ...]:
@@ -100,17 +97,17 @@ def check_chain(
     )
   for prev, prev_cfg, name, cfg in zip(names, configs, names[1:], configs[1:]):
     produced, expected = output_shape(prev_cfg), input_shape(cfg)
-    if produced != expected:
+    if expected is None or produced.size != expected.size:
       raise ValueError(
         f"Stages do not chain: {prev!r} outputs {_fmt(produced)} (frames x height "
         f"x width) but {name!r} expects input {_fmt(expected)}."
       )
   for name, cfg in zip(names, configs):
     shape_in, shape_out = input_shape(cfg), output_shape(cfg)
-    if shape_in is not None and shape_out[0] % shape_in[0]:
+    if shape_in is not None and shape_out.frames % shape_in.frames:
       raise ValueError(
-        f"Stage {name!r}: its {shape_out[0]} frames are not a multiple of its "
-        f"input's {shape_in[0]} frames (temporal SR repeats frames)."
+        f"Stage {name!r}: its {shape_out.frames} frames are not a multiple of its "
+        f"input's {shape_in.frames} frames (temporal SR repeats frames)."
       )
 
 
