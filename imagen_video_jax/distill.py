@@ -30,6 +30,7 @@ from imagen_video_jax import (
   config_utils,
   distill_lib,
   input_pipeline,
+  optimizers,
   run_lib,
   sharding,
   train_lib,
@@ -74,15 +75,15 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # optimizer per round kind (the same state, its own schedule length).
   # ------------------------------------------------------------------------ #
   model = train_lib.make_model(config)
-  optimizers = {
-    "guidance": train_lib.make_optimizer(
+  txs = {
+    "guidance": optimizers.make_optimizer(
       config.distill.optim, max(config.distill.guidance_steps, 1)
     ),
-    "halving": train_lib.make_optimizer(
+    "halving": optimizers.make_optimizer(
       config.distill.optim, max(config.distill.round_steps, 1)
     ),
   }
-  tx = optimizers["halving"][0]  # Both build the same optimizer state.
+  tx = txs["halving"][0]  # Both build the same optimizer state.
   train_init = train_lib.make_init_fn(config, model, tx)
 
   def init_fn(rng):
@@ -110,7 +111,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
         distill_lib.make_distill_step(
           config,
           model,
-          *optimizers[kind],
+          *txs[kind],
           kind,
           text_apply,
           sharding.batch_sharding(mesh, rules),

@@ -30,7 +30,13 @@ import numpy as np
 from absl import flags, logging
 from clu import metric_writers
 
-from imagen_video_jax import checkpointing, config_utils, sharding, train_lib
+from imagen_video_jax import (
+  checkpointing,
+  config_utils,
+  optimizers,
+  sharding,
+  train_lib,
+)
 from imagen_video_jax.models import text_encoder
 
 # Dense bf16 peak FLOP/s per device, by substring of `jax.Device.device_kind`.
@@ -71,6 +77,20 @@ def peak_flops_per_device(config: ml_collections.ConfigDict) -> float:
   if config.get("peak_flops"):
     return float(config.peak_flops)
   return peak_flops_of(jax.devices()[0].device_kind)
+
+
+def memory_per_chip(compiled: Any) -> dict[str, float]:
+  """The compiled program's bytes per chip: argument, temporary, output, total."""
+  m = compiled.memory_analysis()
+  out = dict(
+    argument=float(m.argument_size_in_bytes),
+    temporary=float(m.temp_size_in_bytes),
+    output=float(m.output_size_in_bytes),
+    alias=float(m.alias_size_in_bytes),
+  )
+  # Donated (aliased) outputs reuse their arguments' buffers.
+  out["total"] = out["argument"] + out["temporary"] + out["output"] - out["alias"]
+  return out
 
 
 def peak_flops_of(device_kind: str) -> float:
@@ -295,7 +315,7 @@ def jit_train_step(
   models' activation constraints take effect, and donates its state.
   """
   model = train_lib.make_model(config)
-  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   abstract_state, state_shardings = sharding.abstract_state(
     init_fn, jax.random.key(config.seed), mesh, rules

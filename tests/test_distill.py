@@ -24,6 +24,7 @@ from imagen_video_jax import (
   checkpointing,
   config_utils,
   distill_lib,
+  optimizers,
   sample,
   train_lib,
 )
@@ -109,7 +110,7 @@ def _student(spec="configs/base.py:runlocal", **distill):
   config.text.precomputed = True  # synthetic_batch's embeddings: no T5 compile.
   config.distill.update(distill, teacher="unused")
   student_config = distill_lib.student_config(config)
-  tx, _ = train_lib.make_optimizer(student_config.distill.optim, 100)
+  tx, _ = optimizers.make_optimizer(student_config.distill.optim, 100)
   teacher_init = train_lib.make_init_fn(config, train_lib.make_model(config), tx)
   # Every path live (text included), unlike a fresh init's zero output layers.
   teacher = _random_params(jax.eval_shape(teacher_init, jax.random.key(0))["params"])
@@ -158,7 +159,7 @@ def _learn(kind, error_fn, steps=100, **distill):
   # Adam's steps are lr-sized whatever the gradient: this random teacher, far
   # more sensitive to its weights than a trained one, learns at 1e-4.
   config.distill.optim.learning_rate = 1e-4
-  tx, lr_fn = train_lib.make_optimizer(config.distill.optim, 100)
+  tx, lr_fn = optimizers.make_optimizer(config.distill.optim, 100)
   state = dict(
     step=jnp.zeros((), jnp.int32),
     params=student,
@@ -374,7 +375,7 @@ def _students(teachers, distilled, root):
     workdir = str(root / f"{name}_distilled")
     checkpointing.prepare_workdir(workdir, config)
     model = train_lib.make_model(config)
-    tx, _ = train_lib.make_optimizer(config.distill.optim, 1)
+    tx, _ = optimizers.make_optimizer(config.distill.optim, 1)
     shapes = jax.eval_shape(
       train_lib.make_init_fn(config, model, tx), jax.random.key(0)
     )

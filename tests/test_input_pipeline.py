@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import bouncing_digits, config_utils, video_io
+from imagen_video_jax import bouncing_digits, clips, config_utils, video_io
 from imagen_video_jax import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,11 +100,11 @@ def test_resize_of_constant_is_constant_and_identity_is_exact():
 
 
 def test_frame_step():
-  assert ip.frame_step(24, 6, "x") == 4
-  assert ip.frame_step(8, 8, "x") == 1
+  assert clips.frame_step(24, 6, "x") == 4
+  assert clips.frame_step(8, 8, "x") == 1
   for bad in (3, 16):  # 8/3 is not an integer; 8/16 < 1.
     with pytest.raises(ValueError, match=f"8 / {bad}"):
-      ip.frame_step(8, bad, "stage.fps")
+      clips.frame_step(8, bad, "stage.fps")
 
 
 def _numbered_clip(frames=16, size=64):
@@ -116,7 +116,7 @@ def _numbered_clip(frames=16, size=64):
 
 
 def test_frame_skipping_and_conditioning_frames():
-  transform = ip.StageTransform(
+  transform = clips.StageTransform(
     stage=config_utils.StageShape(8, 32, 32, 4.0),
     cond=config_utils.StageShape(4, 16, 16, 2.0),
     source=config_utils.StageShape(16, 64, 64, 8.0),
@@ -143,7 +143,7 @@ def test_crop_is_shared_by_frames_and_conditioning():
   yy, xx = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
   frame = np.stack([yy * 4, xx * 4, np.zeros_like(yy)], -1).astype(np.uint8)
   clip = np.repeat(frame[None], 4, 0)
-  transform = ip.StageTransform(
+  transform = clips.StageTransform(
     stage=config_utils.StageShape(4, 64, 64, 8.0, crop=(32, 24)),
     cond=config_utils.StageShape(4, 16, 16, 8.0),
     source=config_utils.StageShape(4, 64, 64, 8.0),
@@ -166,7 +166,7 @@ def test_crop_is_shared_by_frames_and_conditioning():
 
 def _run_transform(crop_frames):
   """8 frames at 4 fps conditioned on 4 at 2 fps, trained on runs of crop_frames."""
-  return ip.StageTransform(
+  return clips.StageTransform(
     stage=config_utils.StageShape(8, 32, 32, 4.0, crop_frames=crop_frames),
     cond=config_utils.StageShape(4, 16, 16, 2.0),
     source=config_utils.StageShape(16, 64, 64, 8.0),
@@ -235,7 +235,7 @@ def test_crop_frames_must_fit_the_frame_ratio(crop_frames):
 )
 def test_transform_rejects_bad_shapes(stage, cond, source, match):
   with pytest.raises(ValueError, match=match):
-    ip.StageTransform(stage=stage, cond=cond, source=source)
+    clips.StageTransform(stage=stage, cond=cond, source=source)
 
 
 # --- The pipeline on the built dataset ---

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from imagen_video_jax import config_utils, run_lib, sharding, train_lib
+from imagen_video_jax import config_utils, optimizers, run_lib, sharding, train_lib
 from imagen_video_jax.models import text_encoder
 
 needs_8 = pytest.mark.skipif(
@@ -88,7 +88,7 @@ def one_step_fn(config, mesh):
   """(train step jitted on `mesh`, initial state, text params)."""
   rules = sharding.logical_rules(config.logical_axis_rules)
   model = train_lib.make_model(config)
-  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   _, shardings = sharding.abstract_state(init_fn, jax.random.key(0), mesh, rules)
   state = sharding.sharded_init(init_fn, jax.random.key(0), shardings)
@@ -197,7 +197,7 @@ def test_model_activations_carry_the_sharding_their_constraints_name():
   # The same step traced without the rules (the old defect): flax drops them.
   config = config_utils.load_config("configs/base.py:runlocal")
   model = train_lib.make_model(config)
-  tx, lr_fn = train_lib.make_optimizer(config.optim, config.total_steps)
+  tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   bare = jax.jit(train_lib.make_train_step(config, model, tx, lr_fn, None))
   config.text.precomputed = True
   batch = train_lib.batch_shapes(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_checkpointing import damage
 
-from imagen_video_jax import config_utils, run_lib, train_lib
+from imagen_video_jax import config_utils, optimizers, run_lib, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
@@ -284,7 +284,7 @@ def test_stage_shape_that_does_not_fit_the_model_is_named():
   config = config_utils.load_config("configs/base.py:runlocal")
   config.stage.height = 7  # Two U-Net levels need a multiple of 2.
   model = train_lib.make_model(config)
-  tx, _ = train_lib.make_optimizer(config.optim, config.total_steps)
+  tx, _ = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   with pytest.raises(ValueError, match="height 7"):
     jax.eval_shape(init_fn, jax.random.key(0))
@@ -304,7 +304,7 @@ def test_stage_shape_that_does_not_fit_the_model_is_named():
 def test_learning_rate_schedules_match_closed_forms(schedule, expected):
   optim = config_utils.load_config("configs/base.py:runlocal").optim
   optim.learning_rate, optim.warmup_steps, optim.schedule = 3e-3, 100, schedule
-  lr = train_lib.learning_rate_schedule(optim, 1000)
+  lr = optimizers.learning_rate_schedule(optim, 1000)
   got = [float(lr(s)) * 1e3 for s in (0, 50, 100, 500, 800, 900, 1000)]
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -317,4 +317,4 @@ def test_bad_learning_rate_schedule_is_named(key, value):
   optim.schedule = "wsd"
   optim[key] = value
   with pytest.raises(ValueError, match=key):
-    train_lib.learning_rate_schedule(optim, 1000)
+    optimizers.learning_rate_schedule(optim, 1000)

@@ -129,20 +129,6 @@ def hbm_bytes(device: Any) -> float:
   return float(next((b for name, b in HBM_BYTES if name in kind), 0))
 
 
-def memory_per_chip(compiled: Any) -> dict[str, float]:
-  """The compiled program's bytes per chip: argument, temporary, output, total."""
-  m = compiled.memory_analysis()
-  out = dict(
-    argument=float(m.argument_size_in_bytes),
-    temporary=float(m.temp_size_in_bytes),
-    output=float(m.output_size_in_bytes),
-    alias=float(m.alias_size_in_bytes),
-  )
-  # Donated (aliased) outputs reuse their arguments' buffers.
-  out["total"] = out["argument"] + out["temporary"] + out["output"] - out["alias"]
-  return out
-
-
 def tree_bytes(tree: Any, per_chip: bool) -> float:
   """Bytes of a tree of ShapeDtypeStructs carrying shardings: one shard, or all."""
 
@@ -190,7 +176,7 @@ def _report(program, devices, mesh, batch, state, compiled, seconds, error) -> R
     error=error,
   )
   if compiled is not None:
-    report.memory = memory_per_chip(compiled)
+    report.memory = run_lib.memory_per_chip(compiled)
     report.fits = not hbm or report.memory["total"] <= hbm
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}

@@ -20,8 +20,14 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
-from imagen_video_jax.benchmarks import compile as aot
+from imagen_video_jax import (
+  config_utils,
+  distill_lib,
+  optimizers,
+  run_lib,
+  sharding,
+  train_lib,
+)
 
 _STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
@@ -59,7 +65,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     extra = ()
   else:  # distill.py's steps, on a state holding the teacher's params too.
     model = train_lib.make_model(config)
-    tx, lr_fn = train_lib.make_optimizer(config.distill.optim, config.total_steps)
+    tx, lr_fn = optimizers.make_optimizer(config.distill.optim, config.total_steps)
     step_fn = distill_lib.make_distill_step(
       config,
       model,
@@ -102,7 +108,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     examples_per_sec=config.batch_size / seconds,
     tflops_per_device=tflops,
     mfu=tflops * 1e12 / peak if peak else float("nan"),
-    step_memory_mib=aot.memory_per_chip(compiled)["total"] / 2**20,
+    step_memory_mib=run_lib.memory_per_chip(compiled)["total"] / 2**20,
     # The allocator's peak since start (GPU/TPU; cumulative over stages).
     device_peak_mib=(jax.devices()[0].memory_stats() or {}).get(
       "peak_bytes_in_use", float("nan")
