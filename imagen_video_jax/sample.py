@@ -25,13 +25,9 @@ samples.jsonl once all have finished: the files are those of one host.
 
 import concurrent.futures
 import contextlib
-import glob
-import json
+import dataclasses
 import os
-import re
-import shutil
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -44,12 +40,10 @@ from ml_collections import config_flags
 from imagen_video_jax import (
   checkpointing,
   config_utils,
-  files,
   run_lib,
-  sharding,
   video_io,
 )
-from imagen_video_jax.cascade import inputs, pipeline, stages
+from imagen_video_jax.cascade import inputs, outputs, pipeline, stages
 from imagen_video_jax.models import text_encoder
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cascade.py:VARIANT")
@@ -68,7 +62,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Reuse an existing outdir.")
 _INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SAMPLE_FILE = re.compile(r"^\d{4,}\.(mp4|gif|png|npy)$|^samples\.jsonl$")
 
 
 def _load_stage_config(spec: str):
@@ -109,81 +102,90 @@ def _tuples(tree: Any) -> Any:
   return tree
 
 
-def _contents(outdir: str) -> list[str]:
-  """The folder's files, without the probes of _prepare_outdir (of any host)."""
-  return [n for n in os.listdir(outdir) if not n.startswith(files.PROBE_PREFIX)]
+@dataclasses.dataclass(frozen=True)
+class LoadedCascade:
+  """The selected stages, in order, with all sampling needs read from disk."""
+
+  names: tuple[str, ...]
+  settings: list[ml_collections.ConfigDict]  # cascade.stages[name] of each.
+  workdirs: list[str]
+  configs: list[ml_collections.ConfigDict]  # Training configs (checkpoint's model).
+  text_config: ml_collections.ConfigDict  # The text encoder all stages share.
+  ema: list[Any]  # EMA parameters (host numpy), as saved.
+  metas: list[dict[str, Any]]  # Checkpoint metadata (step, sampling_steps, ...).
 
 
-def _prepare_outdir(outdir: str, overwrite: bool) -> None:
-  """Creates `outdir` and checks it can be written; refuses a non-empty one
-  unless `overwrite` (nothing in it changes here)."""
-  if os.path.exists(outdir) and not os.path.isdir(outdir):
-    raise ValueError(f"--outdir={outdir!r} exists and is not a folder.")
-  if os.path.isdir(outdir) and _contents(outdir) and not overwrite:
-    raise ValueError(f"--outdir={outdir!r} is not empty; pass --overwrite to reuse it.")
-  try:
-    # Probed in the parent too: an overwrite's samples go there first.
-    for folder in (outdir, os.path.dirname(os.path.abspath(outdir))):
-      files.check_writable(folder)
-  except OSError as e:
-    raise ValueError(f"--outdir={outdir!r} is not writable: {e}") from e
+def load_cascade(
+  cascade: ml_collections.ConfigDict, stage_spec: str = "", from_video: bool = False
+) -> LoadedCascade:
+  """The `--stages` of the cascade, checked to chain, and their EMA parameters.
 
-
-@contextlib.contextmanager
-def _output_folder(outdir: str) -> Iterator[str]:
-  """The folder to write samples into: `outdir` when it is empty, else a
-  temporary sibling whose files replace the previous samples on success (and
-  which is removed on failure, leaving them as they were).
-
-  With several processes every one writes its own samples into the same
-  folder; process 0 finishes it (the records merged, the files moved) once all
-  have written.
+  Every check (chain, text, augmentation, a stage's checkpoint and its stage
+  identity, a distilled student's steps) runs before any parameters go to a
+  device, so a mismatched cascade fails in seconds and names the stage.
   """
-  first = jax.process_index() == 0
-  empty = not _contents(outdir)
-  sharding.wait_for_all_processes("sample_outdir_checked")  # Before any write.
-  parent, name = os.path.split(os.path.abspath(outdir))
-  staging = os.path.join(parent, f".{name}.partial")
-  if not empty and first:
-    shutil.rmtree(staging, ignore_errors=True)  # A failed run's.
-    os.mkdir(staging)
-  sharding.wait_for_all_processes("sample_staging_ready")
-  writedir = os.path.abspath(outdir) if empty else staging
-  try:
-    yield writedir
-  except BaseException:
-    if not empty and first:
-      shutil.rmtree(staging, ignore_errors=True)
-    raise
-  sharding.wait_for_all_processes("sample_written")
-  if not first:
-    return
-  if jax.process_count() > 1:
-    records = []
-    for part in glob.glob(os.path.join(writedir, "samples.*-of-*.jsonl")):
-      with open(part, encoding="utf-8") as f:
-        records += [json.loads(line) for line in f]
-      os.remove(part)
-    _write_jsonl(os.path.join(writedir, "samples.jsonl"), sorted(records, key=_index))
-  if empty:
-    return
-  new = set(os.listdir(staging))
-  for file in new:  # Each replace is atomic: an old sample or a new one.
-    os.replace(os.path.join(staging, file), os.path.join(outdir, file))
-  for file in os.listdir(outdir):
-    if _SAMPLE_FILE.match(file) and file not in new:
-      os.remove(os.path.join(outdir, file))
-  os.rmdir(staging)
+  names = stages.select_stages(cascade.order, stage_spec)
+  settings = [cascade.stages[n] for n in names]
+  workdirs = [
+    s.workdir
+    or os.path.join(cascade.workdir_root, n + ("_distilled" if s.distilled else ""))
+    for n, s in zip(names, settings)
+  ]
+  configs = [
+    _stage_config(n, s.config, w) for n, s, w in zip(names, settings, workdirs)
+  ]
+  stages.check_chain(names, configs, from_video=from_video)
+  text_config = stages.check_text(names, configs)
+  stages.check_augmentation(names, configs, [s.get("aug_logsnr") for s in settings])
+  for name, workdir in zip(names, workdirs):
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+      raise ValueError(f"Stage {name!r}: no checkpoint in {ckpt_dir!r}.")
+  ema, metas = [], []
+  for name, workdir, config, s in zip(names, workdirs, configs, settings):
+    try:
+      params, meta = checkpointing.restore_ema(
+        workdir, stage=checkpointing.stage_identity(config)
+      )
+    except (ValueError, OSError) as e:
+      raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e
+    stages.check_student(name, config, s, meta.get("sampling_steps"), workdir)
+    ema.append(params)
+    metas.append(meta)
+  return LoadedCascade(names, settings, workdirs, configs, text_config, ema, metas)
 
 
-def _index(record: dict) -> int:
-  return record["index"]
+def compile_stages(
+  loaded: LoadedCascade,
+  variables: list[Any],
+  batch_sharding: jax.sharding.NamedSharding,
+  text_shapes: tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct],
+  first_input: jax.ShapeDtypeStruct | None,
+  on_step: Any = None,
+) -> list[Any]:
+  """One compiled sampling loop per stage: fn(variables, keys, emb, mask, video).
 
+  `text_shapes` and `first_input` give a batch's text embeddings [B, L, D],
+  mask [B, L] and input video [B, T, H, W, 3] (None for a base first stage).
+  The loops are lowered in order (each stage's input is the previous one's
+  output), then compiled on threads, all at once (XLA compiles off the GIL).
+  """
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
-  files.write_text(
-    path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-  )
+  def spec(x):  # A batch-sharded argument of the stages.
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
+
+  batch = text_shapes[0].shape[0]
+  video = None if first_input is None else spec(first_input)
+  lowered = []
+  for c, s, v in zip(loaded.configs, loaded.settings, variables):
+    fn = jax.jit(
+      pipeline.make_stage_fn(c, s, on_step=on_step), out_shardings=batch_sharding
+    )
+    keys = jax.ShapeDtypeStruct((batch, 2), np.uint32)
+    lowered.append(fn.lower(v, spec(keys), *map(spec, text_shapes), video))
+    video = spec(lowered[-1].out_info)
+  with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+    return list(pool.map(lambda low: low.compile(), lowered))
 
 
 def sample(
@@ -205,76 +207,36 @@ def sample(
   if num_samples < 1:
     raise ValueError(f"--num_samples={num_samples} must be >= 1.")
 
-  # ------------------------------------------------------------------------ #
-  # The cascade: stages, their configs, chain and text checks, checkpoints.
-  # ------------------------------------------------------------------------ #
-  names = stages.select_stages(cascade.order, stage_spec)
-  settings = [cascade.stages[n] for n in names]
-  workdirs = [
-    s.workdir
-    or os.path.join(cascade.workdir_root, n + ("_distilled" if s.distilled else ""))
-    for n, s in zip(names, settings)
-  ]
-  configs = [
-    _stage_config(n, s.config, w) for n, s, w in zip(names, settings, workdirs)
-  ]
-  stages.check_chain(names, configs, from_video=bool(input_video))
-  text_config = stages.check_text(names, configs)
-  stages.check_augmentation(names, configs, [s.get("aug_logsnr") for s in settings])
-  for name, workdir in zip(names, workdirs):
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
-      raise ValueError(f"Stage {name!r}: no checkpoint in {ckpt_dir!r}.")
-  # Each stage's EMA params (host numpy) and meta, its stage checked first: all
-  # read before anything is written.
-  ema, metas = [], []
-  for name, workdir, config, s in zip(names, workdirs, configs, settings):
-    try:
-      params, meta = checkpointing.restore_ema(
-        workdir, stage=checkpointing.stage_identity(config)
-      )
-    except (ValueError, OSError) as e:
-      raise ValueError(f"Stage {name!r}: cannot restore {workdir!r}: {e}") from e
-    stages.check_student(name, config, s, meta.get("sampling_steps"), workdir)
-    ema.append(params)
-    metas.append(meta)
+  # The cascade, all checked and read before anything is written.
+  loaded = load_cascade(cascade, stage_spec, from_video=bool(input_video))
+  names, configs, settings = loaded.names, loaded.configs, loaded.settings
   logging.info("Cascade: %s", " -> ".join(names))
 
-  # ------------------------------------------------------------------------ #
   # Prompts, output folder, input video.
-  # ------------------------------------------------------------------------ #
   prompts = inputs.read_prompts(prompts_path)
-  _prepare_outdir(outdir, overwrite)
+  outputs.prepare_outdir(outdir, overwrite)
   first_input = None
   if input_video:
     frames, _ = video_io.read_video(input_video)
     first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]).size)
 
-  # ------------------------------------------------------------------------ #
   # Each stage's EMA parameters in its compute dtype, replicated on every device.
-  # ------------------------------------------------------------------------ #
   mesh = pipeline.make_mesh(jax.local_devices())  # Each host samples on its own.
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   variables = [
     jax.device_put(pipeline.as_variables(pipeline.sampling_params(p, c)), replicated)
-    for p, c in zip(ema, configs, strict=True)
+    for p, c in zip(loaded.ema, configs, strict=True)
   ]
-  del ema
+  loaded.ema.clear()  # The host copies (paper scale: tens of GB).
 
-  # ------------------------------------------------------------------------ #
   # Text: encoded once, shared by all stages.
-  # ------------------------------------------------------------------------ #
-  encoder = text_encoder.TextEncoder.from_config(text_config)
+  encoder = text_encoder.TextEncoder.from_config(loaded.text_config)
   inputs.warn_truncated(prompts, encoder.tokenizer)
   text_emb, text_mask = encoder.encode(prompts)
   text_emb, text_mask = np.asarray(text_emb), np.asarray(text_mask)
 
-  # ------------------------------------------------------------------------ #
-  # One compiled sampling loop per stage (batch padded to the device count):
-  # lowered in order (each stage's input is the previous one's output), then
-  # compiled on threads, all at once (XLA compiles off the GIL).
-  # ------------------------------------------------------------------------ #
+  # One compiled sampling loop per stage, its batch padded to the device count.
   bar = None
 
   def on_step(step):  # Called per sampling step (maybe once per device).
@@ -282,32 +244,15 @@ def sample(
       bar.update(int(step) + 1 - bar.n)
 
   batch = inputs.padded_batch(cascade.batch_size, jax.local_device_count())
-
-  def spec(shape, dtype):  # A batch-sharded argument of the stages.
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-
-  video_spec = (
-    None
-    if first_input is None
-    else spec((batch, *first_input.shape), first_input.dtype)
+  text_shapes = tuple(
+    jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype) for x in (text_emb, text_mask)
   )
-  lowered = []
-  for c, s, v in zip(configs, settings, variables):
-    fn = jax.jit(
-      pipeline.make_stage_fn(c, s, on_step=on_step), out_shardings=batch_sharding
-    )
-    lowered.append(
-      fn.lower(
-        v,
-        spec((batch, 2), np.uint32),
-        spec((batch, *text_emb.shape[1:]), text_emb.dtype),
-        spec((batch, *text_mask.shape[1:]), text_mask.dtype),
-        video_spec,
-      )
-    )
-    video_spec = spec(lowered[-1].out_info.shape, lowered[-1].out_info.dtype)
-  with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-    stage_fns = list(pool.map(lambda low: low.compile(), lowered))
+  input_shape = None
+  if first_input is not None:
+    input_shape = jax.ShapeDtypeStruct((batch, *first_input.shape), first_input.dtype)
+  stage_fns = compile_stages(
+    loaded, variables, batch_sharding, text_shapes, input_shape, on_step
+  )
 
   # ------------------------------------------------------------------------ #
   # Sampling, batch by batch through every stage; files per sample.
@@ -322,11 +267,11 @@ def sample(
   fps = float(configs[-1].stage.fps)
   stage_info = {
     n: dict(s.to_dict(), workdir=w, checkpoint_step=m["step"])
-    for n, s, w, m in zip(names, settings, workdirs, metas)
+    for n, s, w, m in zip(names, settings, loaded.workdirs, loaded.metas)
   }
   records = []
   num_batches = -(-len(mine) // batch)
-  with _output_folder(outdir) as writedir:
+  with outputs.output_folder(outdir) as writedir:
     for b, start in enumerate(range(0, len(mine), batch)):
       real = np.arange(start, start + batch) < len(mine)
       # Padded with copies of this host's last job.
@@ -357,19 +302,19 @@ def sample(
       out = video_io.to_uint8(jax.device_get(video))
       for row in np.flatnonzero(real):
         i = int(index[row])
-        files = video_io.write_sample(writedir, i, out[row], fps, save_npy=save_npy)
+        paths = video_io.write_sample(writedir, i, out[row], fps, save_npy=save_npy)
         records.append(
           dict(
             index=i,
             prompt=prompts[jobs[i]],
             seed=seed + i,
-            files=files,
+            files=paths,
             stages={n: dict(stage_info[n], seconds=seconds[n]) for n in names},
             seconds=sum(seconds.values()),
             **({"input_video": input_video} if input_video else {}),
           )
         )
-      _write_jsonl(os.path.join(writedir, records_file), records)
+      outputs.write_jsonl(os.path.join(writedir, records_file), records)
       logging.info("Wrote %d/%d samples to %s", len(records), len(mine), outdir)
   return records
 
