@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import data_build
+from imagen_video_jax import data_build, folder_data
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 CLIP = {"name": "clips4", "frames": 4, "fps": 8, "resolution": [16, 16], "stride": 3}
@@ -122,12 +122,12 @@ def test_video_clip_content_fps_stride_and_crop(video_builder):
 
 
 def test_decode_video_limits_frames_and_names_bad_file(video_folder):
-  video = data_build.decode_video(
+  video = folder_data.decode_video(
     video_folder / "clip.mp4", fps=4, resolution=(8, 12), max_frames=5
   )
   assert video.shape == (5, 8, 12, 3)
   with pytest.raises(ValueError, match="broken.mp4"):
-    data_build.decode_video(video_folder / "broken.mp4", fps=4, resolution=(8, 8))
+    folder_data.decode_video(video_folder / "broken.mp4", fps=4, resolution=(8, 8))
 
 
 @pytest.fixture(scope="module")
@@ -209,4 +209,4 @@ def test_bad_configs_and_folder_raise(tmp_path):
   with pytest.raises(ValueError, match="webp"):
     image_cls.builder_config_cls(name="x", encoding_format="webp")
   with pytest.raises(ValueError, match="missing"):
-    data_build.folder_splits(tmp_path / "missing")
+    folder_data.folder_splits(tmp_path / "missing")

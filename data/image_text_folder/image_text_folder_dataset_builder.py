@@ -16,7 +16,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import data_build
+from imagen_video_jax import folder_data
 
 
 @dataclasses.dataclass
@@ -33,7 +33,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   encoding_format: str = "png"
 
   def __post_init__(self):
-    self.resolution = data_build.check_layout(self.resolution, self.encoding_format)
+    self.resolution = folder_data.check_layout(self.resolution, self.encoding_format)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -68,18 +68,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    self._skips = data_build.SkipLog()
+    self._skips = folder_data.SkipLog()
     self.info.metadata.update(self._skips.as_metadata())
-    splits = data_build.folder_splits(dl_manager.manual_dir)
+    splits = folder_data.folder_splits(dl_manager.manual_dir)
     return {split: self._generate_examples(split, d) for split, d in splits.items()}
 
   def _generate_examples(self, split, folder):
-    files = data_build.captioned_files(
-      folder, data_build.IMAGE_EXTENSIONS, split, self._skips
+    files = folder_data.captioned_files(
+      folder, folder_data.IMAGE_EXTENSIONS, split, self._skips
     )
     for rel, path, caption in files:
       try:
-        image = data_build.load_image(path, self.builder_config.resolution)
+        image = folder_data.load_image(path, self.builder_config.resolution)
       except ValueError as e:
         self._skips.skip(split, rel, "undecodable", str(e))
         continue

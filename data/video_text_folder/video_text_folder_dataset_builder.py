@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from imagen_video_jax import data_build
+from imagen_video_jax import folder_data
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   encoding_format: str = "png"
 
   def __post_init__(self):
-    self.resolution = data_build.check_layout(self.resolution, self.encoding_format)
+    self.resolution = folder_data.check_layout(self.resolution, self.encoding_format)
     for field in ("frames", "fps"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)}.")
@@ -86,9 +86,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    self._skips = data_build.SkipLog()
+    self._skips = folder_data.SkipLog()
     self.info.metadata.update(self._skips.as_metadata())
-    splits = data_build.folder_splits(dl_manager.manual_dir)
+    splits = folder_data.folder_splits(dl_manager.manual_dir)
     return {split: self._generate_examples(split, d) for split, d in splits.items()}
 
   def _generate_examples(self, split, folder):
@@ -96,12 +96,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     stride = cfg.stride or cfg.frames
     n_max = cfg.max_clips_per_video
     max_frames = cfg.frames + (n_max - 1) * stride if n_max else 0
-    files = data_build.captioned_files(
-      folder, data_build.VIDEO_EXTENSIONS, split, self._skips
+    files = folder_data.captioned_files(
+      folder, folder_data.VIDEO_EXTENSIONS, split, self._skips
     )
     for rel, path, caption in files:
       try:
-        video = data_build.decode_video(
+        video = folder_data.decode_video(
           path, fps=cfg.fps, resolution=cfg.resolution, max_frames=max_frames
         )
       except ValueError as e:
