@@ -193,3 +193,21 @@ def load_image(
     left, top = (size[0] - w) // 2, (size[1] - h) // 2
     img = img.crop((left, top, left + w, top + h))
   return np.asarray(img, np.uint8)
+
+
+class FolderBuilder:
+  """What both folder builders do (mixed in before tfds' GeneratorBasedBuilder).
+
+  array_record files by default, one split per sub-folder (`folder_splits`)
+  and a `SkipLog` in `self._skips` that the subclass's
+  `_generate_examples(split, folder)` fills.
+  """
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    self._skips = SkipLog()
+    self.info.metadata.update(self._skips.as_metadata())
+    splits = folder_splits(dl_manager.manual_dir)
+    return {split: self._generate_examples(split, d) for split, d in splits.items()}

@@ -36,7 +36,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     self.resolution = folder_data.check_layout(self.resolution, self.encoding_format)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(folder_data.FolderBuilder, tfds.core.GeneratorBasedBuilder):
   """Images with captions from a folder."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -47,9 +47,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   root with lines {"file": "relative/path.png", "caption": "..."}, or a .txt
   beside each image. Sub-folders train/validation/test become splits.
   """
-
-  def __init__(self, *, file_format=None, **kwargs):
-    super().__init__(file_format=file_format or "array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -66,12 +63,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       ),
       metadata=tfds.core.MetadataDict(),
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    self._skips = folder_data.SkipLog()
-    self.info.metadata.update(self._skips.as_metadata())
-    splits = folder_data.folder_splits(dl_manager.manual_dir)
-    return {split: self._generate_examples(split, d) for split, d in splits.items()}
 
   def _generate_examples(self, split, folder):
     files = folder_data.captioned_files(

@@ -53,7 +53,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
         raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}.")
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(folder_data.FolderBuilder, tfds.core.GeneratorBasedBuilder):
   """Clips with captions from a folder of videos."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -66,9 +66,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   root with lines {"file": "relative/path.mp4", "caption": "..."}, or a .txt
   beside each video. Sub-folders train/validation/test become splits.
   """
-
-  def __init__(self, *, file_format=None, **kwargs):
-    super().__init__(file_format=file_format or "array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -84,12 +81,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       ),
       metadata=tfds.core.MetadataDict(fps=cfg.fps),
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    self._skips = folder_data.SkipLog()
-    self.info.metadata.update(self._skips.as_metadata())
-    splits = folder_data.folder_splits(dl_manager.manual_dir)
-    return {split: self._generate_examples(split, d) for split, d in splits.items()}
 
   def _generate_examples(self, split, folder):
     cfg = self.builder_config
