@@ -260,7 +260,9 @@ def stage_config(
   # EMA of parameters; demo and runlocal use a ~100-step window, which lags
   # their short runs less.
   c.ema_decay = 0.9999 if variant == "paper" else 0.99
-  c.batch_size = 256 if variant == "paper" else 16  # Global batch.
+  # Global batch. The paper stages are sized for a v5p-128 slice (64 chips of
+  # 95 GB): one clip per chip fits every stage (README, "Memory per chip").
+  c.batch_size = 64 if variant == "paper" else 16
   c.total_steps = 1_000_000 if variant == "paper" else 2_000
   c.seed = 0
   c.log_every = 100 if variant == "paper" else 50  # Steps between metric writes.
@@ -272,7 +274,9 @@ def stage_config(
   c.distill = distill_config(stage.name, variant, c.optim)
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1.
+  # (data, fsdp, tensor); one entry may be -1. The paper stages shard their
+  # parameters, optimizer state and EMA over all chips (FSDP).
+  c.mesh.shape = (1, -1, 1) if variant == "paper" else (-1, 1, 1)
   # Logical axis -> mesh axes: imagen_video_jax/sharding.py's table.
   c.logical_axis_rules = sharding.DEFAULT_RULES
   c.dtype = "bfloat16" if variant == "paper" else "float32"  # Compute dtype.
