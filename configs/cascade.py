@@ -42,6 +42,10 @@ def guidance(kind: str, **kw: float) -> ml_collections.ConfigDict:
   g.low = 1.0  # ... alternating with the low weight (paper: e.g. 1) ...
   g.warmup_fraction = 0.1  # ... after this fraction of steps held at `high`.
   g.space = "x"  # Space eq. 5 mixes: "x" | "eps" | "v" (same x~, other rounding).
+  # The conditional and unconditional passes in one model call (True), or in
+  # two, one after the other: the same output, half the activations at once.
+  # A stage with frame_shards > 1 always runs them one after the other.
+  g.batched = True
   g.update(kw)
   return g
 
@@ -74,6 +78,9 @@ def stage(
   s.percentile = 99.5  # Dynamic thresholding percentile p in (0, 100] (Saharia et al.).
   # Fixed logSNR lambda' of the conditioning augmentation (SR stages only).
   s.aug_logsnr = None if name == "base" else aug_logsnr
+  # Devices each sample's frames are split over (-1 = all of the host's): for a
+  # stage whose one sample does not fit a chip. 1 = data parallel only.
+  s.frame_shards = 1
   return s
 
 
@@ -142,4 +149,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       aug_logsnr=aug_logsnr,
       distilled=distilled,
     )
+  if v == "paper":
+    # One sample of the last four stages is 20-430 GB of activations, more than
+    # a 16 GB v5e chip: its frames are split over all of the host's chips
+    # (README, Memory per chip).
+    for name in ("ssr2", "tsr2", "tsr3", "ssr3"):
+      c.stages[name].frame_shards = -1
   return c

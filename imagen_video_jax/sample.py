@@ -26,6 +26,7 @@ samples.jsonl once all have finished: the files are those of one host.
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -158,32 +159,35 @@ def load_cascade(
 def compile_stages(
   loaded: LoadedCascade,
   variables: list[Any],
-  batch_sharding: jax.sharding.NamedSharding,
+  meshes: list[jax.sharding.Mesh],
   text_shapes: tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct],
   first_input: jax.ShapeDtypeStruct | None,
   on_step: Any = None,
 ) -> list[Any]:
   """One compiled sampling loop per stage: fn(variables, keys, emb, mask, video).
 
-  `text_shapes` and `first_input` give a batch's text embeddings [B, L, D],
-  mask [B, L] and input video [B, T, H, W, 3] (None for a base first stage).
-  The loops are lowered in order (each stage's input is the previous one's
-  output), then compiled on threads, all at once (XLA compiles off the GIL).
+  `meshes` are the stages' (data, frames) meshes. `text_shapes` and
+  `first_input` give a batch's text embeddings [B, L, D], mask [B, L] and input
+  video [B, T, H, W, 3] (None for a base first stage). The loops are lowered in
+  order (each stage's input is the previous one's output), then compiled on
+  threads, all at once (XLA compiles off the GIL).
   """
-
-  def spec(x):  # A batch-sharded argument of the stages.
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding)
-
   batch = text_shapes[0].shape[0]
-  video = None if first_input is None else spec(first_input)
+  video = first_input
   lowered = []
-  for c, s, v in zip(loaded.configs, loaded.settings, variables):
+  for c, s, v, mesh in zip(loaded.configs, loaded.settings, variables, meshes):
+    sharded = jax.NamedSharding(mesh, jax.P("data"))
+
+    def spec(x, sharded=sharded):  # A batch-sharded argument of the stage.
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded)
+
     fn = jax.jit(
-      pipeline.make_stage_fn(c, s, on_step=on_step), out_shardings=batch_sharding
+      pipeline.make_stage_fn(c, s, mesh=mesh, on_step=on_step), out_shardings=sharded
     )
     keys = jax.ShapeDtypeStruct((batch, 2), np.uint32)
-    lowered.append(fn.lower(v, spec(keys), *map(spec, text_shapes), video))
-    video = spec(lowered[-1].out_info)
+    inputs_ = (spec(keys), *map(spec, text_shapes), video and spec(video))
+    lowered.append(fn.lower(v, *inputs_))
+    video = lowered[-1].out_info
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
     return list(pool.map(lambda low: low.compile(), lowered))
 
@@ -220,13 +224,20 @@ def sample(
     frames, _ = video_io.read_video(input_video)
     first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]).size)
 
-  # Each stage's EMA parameters in its compute dtype, replicated on every device.
-  mesh = pipeline.make_mesh(jax.local_devices())  # Each host samples on its own.
-  replicated = jax.NamedSharding(mesh, jax.P())
-  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  # Each stage's mesh over this host's devices (each host samples on its own),
+  # its EMA parameters in its compute dtype replicated on every device.
+  devices = jax.local_devices()
+  meshes = [
+    pipeline.make_mesh(devices, pipeline.frame_shards(n, s, len(devices)))
+    for n, s in zip(names, settings, strict=True)
+  ]
+  batch_shardings = [jax.NamedSharding(m, jax.P("data")) for m in meshes]
   variables = [
-    jax.device_put(pipeline.as_variables(pipeline.sampling_params(p, c)), replicated)
-    for p, c in zip(loaded.ema, configs, strict=True)
+    jax.device_put(
+      pipeline.as_variables(pipeline.sampling_params(p, c)),
+      jax.NamedSharding(m, jax.P()),
+    )
+    for p, c, m in zip(loaded.ema, configs, meshes, strict=True)
   ]
   loaded.ema.clear()  # The host copies (paper scale: tens of GB).
 
@@ -251,7 +262,7 @@ def sample(
   if first_input is not None:
     input_shape = jax.ShapeDtypeStruct((batch, *first_input.shape), first_input.dtype)
   stage_fns = compile_stages(
-    loaded, variables, batch_sharding, text_shapes, input_shape, on_step
+    loaded, variables, meshes, text_shapes, input_shape, on_step
   )
 
   # ------------------------------------------------------------------------ #
@@ -280,17 +291,20 @@ def sample(
       keys = np.stack(
         [jax.random.key_data(jax.random.key(seed + int(i))) for i in index]
       )
-      put = lambda x: jax.device_put(x, batch_sharding)  # noqa: E731
-      emb, mask = put(text_emb[pidx]), put(text_mask[pidx])
+      emb, mask = text_emb[pidx], text_mask[pidx]
       video = None
       if first_input is not None:
-        video = put(np.broadcast_to(first_input, (batch, *first_input.shape)))
+        video = np.broadcast_to(first_input, (batch, *first_input.shape))
       seconds = {}
       for s, (name, fn, st) in enumerate(zip(names, stage_fns, settings)):
+        # On this stage's mesh (a no-op where it is the previous stage's).
+        put = functools.partial(jax.device_put, device=batch_shardings[s])
         # Keyed by the stage's place in the whole cascade: a stage draws the same
         # noise whichever --stages run it.
         fold = jax.vmap(jax.random.fold_in, (0, None))
         stage_keys = put(np.asarray(fold(keys, cascade.order.index(name))))
+        emb, mask = put(emb), put(mask)
+        video = None if video is None else put(video)
         bar = tqdm.tqdm(
           total=st.steps, desc=f"{name} {b + 1}/{num_batches}", leave=False
         )

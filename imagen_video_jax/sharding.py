@@ -114,7 +114,7 @@ def under_rules(fn: Callable[..., Any], mesh: Mesh, rules: Any) -> Callable[...,
   and without a mesh it drops the constraint. Wrap a function before `jax.jit`
   (a concrete mesh can't be set inside jit, its abstract mesh can).
   """
-  rules = logical_rules(rules)
+  rules = logical_rules(rules, mesh.axis_names)
 
   @functools.wraps(fn)
   def traced(*args, **kwargs):
@@ -127,8 +127,11 @@ def under_rules(fn: Callable[..., Any], mesh: Mesh, rules: Any) -> Callable[...,
   return traced
 
 
-def logical_rules(rules: Any = None) -> tuple[tuple[str, Any], ...]:
-  """Normalises config rules (lists from JSON/ConfigDict) to tuples of pairs."""
+def logical_rules(
+  rules: Any = None, mesh_axes: Sequence[str] = MESH_AXES
+) -> tuple[tuple[str, Any], ...]:
+  """Normalises config rules (lists from JSON/ConfigDict) to tuples of pairs,
+  each naming only `mesh_axes`."""
   if rules is None:
     return DEFAULT_RULES
   out = []
@@ -138,12 +141,13 @@ def logical_rules(rules: Any = None) -> tuple[tuple[str, Any], ...]:
     name, axes = pair
     if isinstance(axes, list | tuple):
       axes = tuple(axes)
-      unknown = [a for a in axes if a not in MESH_AXES]
+      unknown = [a for a in axes if a not in mesh_axes]
     else:
-      unknown = [axes] if axes is not None and axes not in MESH_AXES else []
+      unknown = [axes] if axes is not None and axes not in mesh_axes else []
     if unknown:
       raise ValueError(
-        f"Logical axis rule {pair!r} names mesh axes {unknown} not in {MESH_AXES}."
+        f"Logical axis rule {pair!r} names mesh axes {unknown} not in "
+        f"{tuple(mesh_axes)}."
       )
     out.append((name, axes))
   return tuple(out)

@@ -62,10 +62,26 @@ def test_sampling_loop_compiles_for_the_local_devices(tmp_path):
     "--stage=tsr1",
     "--batch_per_chip=2",
   )
-  assert r["program"] == "sample" and r["batch"] == 4 and r["mesh"] == {"data": 2}
+  assert r["program"] == "sample" and r["batch"] == 4
+  assert r["mesh"] == {"data": 2, "frames": 1}
   # Params replicated: the sampler is data parallel.
   assert r["state_bytes"]["params"] == r["replicated_bytes"]["params"] > 0
   assert r["memory"]["argument"] >= r["state_bytes"]["params"] and r["flops"] > 0
+
+
+@pytest.mark.slow
+@libtpu_group
+def test_frames_split_over_a_v5e_topology_cut_the_temporaries(tmp_path):
+  """ssr2's sampling loop on 4 v5e chips: one sample's frames over all four
+  holds far fewer temporaries per chip than one sample per chip."""
+  pytest.importorskip("libtpu")
+  flags = ["--program=sample", "--config=configs/cascade.py:runlocal", "--stage=ssr2"]
+  flags.append("--topology=v5e:2x2")
+  data = compile_report(tmp_path, *flags)
+  split = compile_report(tmp_path, *flags, "--frame_shards=-1")
+  assert data["mesh"] == {"data": 4, "frames": 1}
+  assert split["mesh"] == {"data": 1, "frames": 4} and split["batch"] == 4
+  assert split["memory"]["temporary"] < 0.5 * data["memory"]["temporary"]
 
 
 @libtpu_group

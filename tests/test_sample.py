@@ -251,6 +251,62 @@ def test_unconditional_half_sees_no_text():
   np.testing.assert_allclose(single(z, logsnr, 0)[1], 8.0)
 
 
+def test_sequential_guidance_passes_match_the_batched_call():
+  emb, mask = jnp.full((1, 3, 4), 0.5), jnp.array([[True, True, False]])
+  z, logsnr = jnp.zeros((1, 2, 2, 2, 3)), jnp.zeros((1,))
+  fn = pipeline._model_fn(
+    _TextProbe(), None, None, emb, mask, None, None, single=False, extra=False,
+    batched=False,
+  )  # fmt: skip
+  cond, uncond = fn(z, logsnr, 0)
+  np.testing.assert_allclose(cond, 8.0)
+  np.testing.assert_allclose(uncond, 0.0)
+
+
+def test_frame_shards_errors_name_the_stage():
+  settings = ml_collections.ConfigDict(dict(frame_shards=3))
+  with pytest.raises(ValueError, match=r"Stage 'ssr3': frame_shards=3 must be -1"):
+    pipeline.frame_shards("ssr3", settings, 8)
+  settings.frame_shards = -1
+  assert pipeline.frame_shards("ssr3", settings, 8) == 8
+  config = config_utils.load_config("configs/base.py:runlocal")  # 2 frames.
+  cascade = config_utils.load_config("configs/cascade.py:runlocal")
+  mesh = pipeline.make_mesh(jax.devices()[:4], 4)
+  with pytest.raises(
+    ValueError, match="'base': its 2 frames do not split over frame_shards=4"
+  ):
+    pipeline.make_stage_fn(config, cascade.stages.base, mesh=mesh)
+
+
+def test_frames_split_over_devices_give_the_same_videos_in_less_memory():
+  """A sample's frames split over 4 of 8 devices (2 samples at a time, in 4
+  rounds): the same videos as one sample per device, and the compiled loop's
+  temporaries per device shrink about as much as the frames do."""
+  config = config_utils.load_config("configs/ssr2.py:runlocal")  # 4x64x64.
+  settings = config_utils.load_config("configs/cascade.py:runlocal").stages.ssr2
+  settings.guidance.w = 1.0  # Both passes (one after the other when split).
+  variables = _random_variables(config, 3)
+  n = 8
+  keys = jax.random.key_data(jax.random.split(jax.random.key(0), n))
+  emb = jax.random.normal(jax.random.key(1), (n, 5, 64))
+  mask = jnp.ones((n, 5), bool)
+  prev = jax.random.uniform(jax.random.key(2), (n, 4, 16, 16, 3), minval=-1)
+  outs, temps = [], []
+  for shards in (1, 4):
+    mesh = pipeline.make_mesh(jax.devices()[:n], shards)
+    batch = jax.NamedSharding(mesh, jax.P("data"))
+    fn = jax.jit(
+      pipeline.make_stage_fn(config, settings, mesh=mesh), out_shardings=batch
+    )
+    args = [jax.device_put(x, batch) for x in (keys, emb, mask, prev)]
+    compiled = fn.lower(variables, *args).compile()
+    temps.append(compiled.memory_analysis().temp_size_in_bytes)
+    outs.append(np.asarray(compiled(variables, *args)))
+  assert outs[0].shape == (n, 4, 64, 64, 3)
+  np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
+  assert temps[1] < 0.4 * temps[0], temps
+
+
 def test_sampling_params_take_the_compute_dtype():
   params = {"w": jnp.ones((2, 3)), "step": jnp.array(3, jnp.int32)}
   bf16 = pipeline.sampling_params(
@@ -453,6 +509,25 @@ def test_end_to_end_writes_every_file_kind(runlocal_root, tmp_path, prompt_file)
   assert not [n for n in os.listdir(tmp_path) if n.endswith(".partial")]  # Staging.
   # Different seeds give different videos.
   assert not np.array_equal(np.load(outdir / "0000.npy"), np.load(outdir / "0001.npy"))
+
+
+@pytest.mark.slow
+def test_frame_shards_write_the_same_samples(runlocal_root, tmp_path, prompt_file):
+  """sample.py with tsr1's frames split over 2 devices (its own mesh, the base's
+  videos moved onto it) writes the videos of the data-parallel run."""
+  videos = []
+  for shards in (1, 2):
+    outdir = tmp_path / f"shards{shards}"
+    sample.sample(
+      _cascade(runlocal_root, tsr1__frame_shards=shards),
+      prompts_path=prompt_file,
+      outdir=str(outdir),
+      stage_spec="base:tsr1",
+      save_npy=True,
+    )
+    videos.append(np.stack([np.load(outdir / f"{i:04d}.npy") for i in range(2)]))
+  diff = np.abs(videos[1].astype(int) - videos[0])
+  assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ Builds the program as the binaries do: `train` is train.py's step
 (`run_lib.jit_train_step`, its state placed by the logical-axis rules, traced
 under them), `sample` is sample.py's sampling loop of one cascade stage
 (`pipeline.make_stage_fn`, its guidance included, params replicated, the batch
-split over all chips), `text` is the frozen T5 encoder on a batch of captions.
+split over the chips, each sample's frames over the stage's `frame_shards`
+of them), `text` is the frozen T5 encoder on a batch of captions.
 It lowers the program for the devices of a named TPU topology, through
 libtpu's compiler without any TPU (`pip install libtpu`), or for the local
 devices when --topology is empty, compiles it and prints per chip: the train
@@ -58,6 +59,12 @@ _MESH = flags.DEFINE_string(
 _BATCH = flags.DEFINE_integer("batch", 0, "Global train batch (0 = the config's).")
 _BATCH_PER_CHIP = flags.DEFINE_integer(
   "batch_per_chip", 1, "Samples (sample) or captions (text) per chip."
+)
+_FRAME_SHARDS = flags.DEFINE_integer(
+  "frame_shards",
+  None,
+  "Devices a sample's frames split over (--program=sample; "
+  "-1 = all; default: the stage's setting).",
 )
 _STATE_ONLY = flags.DEFINE_bool(
   "state_only", False, "Only the train state's bytes per chip (no lowering, seconds)."
@@ -214,11 +221,14 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
   if name not in cascade.stages:
     raise ValueError(f"--stage={name!r} is not a stage of {list(cascade.stages)}.")
   settings = cascade.stages[name]
+  if _FRAME_SHARDS.value is not None:
+    settings.frame_shards = _FRAME_SHARDS.value
   config = config_utils.load_config(settings.config)
   if settings.distilled:  # The student's network: the teacher's, taking w.
     config.distill.teacher = "benchmark"  # Not read: shapes only.
     config = distill_lib.student_config(config)
-  mesh = pipeline.make_mesh(devices)
+  shards = pipeline.frame_shards(name, settings, len(devices))
+  mesh = pipeline.make_mesh(devices, shards)
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   model = train_lib.make_model(config)
@@ -238,7 +248,9 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
   if config.stage.input is not None:  # The input stage's output, at its full shape.
     s_in = config.stage.input
     prev = spec((s_in.frames, s_in.height, s_in.width, 3), jnp.float32)
-  fn = jax.jit(pipeline.make_stage_fn(config, settings), out_shardings=batch_sharding)
+  fn = jax.jit(
+    pipeline.make_stage_fn(config, settings, mesh=mesh), out_shardings=batch_sharding
+  )
   lowered = fn.lower(
     variables,
     spec((2,), jnp.uint32),
@@ -317,7 +329,7 @@ def print_report(r: Report) -> None:
 def markdown_table(reports: list[dict[str, Any]]) -> str:
   """One row a report (Report's fields as in its JSON): GiB per chip, fits."""
   rows = [
-    "| program | config | chips | mesh (data, fsdp, tensor) | global batch | "
+    "| program | config | chips | mesh | global batch | "
     "state GiB/chip | total GiB/chip | HBM GiB | fits | compile min |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -325,7 +337,7 @@ def markdown_table(reports: list[dict[str, Any]]) -> str:
     state = sum(r["state_bytes"].values()) / GIB
     total = f"{r['memory']['total'] / GIB:.1f}" if r["memory"] else "-"
     fits = {True: "yes", False: "no", None: "not compiled"}[r["fits"]]
-    mesh = ", ".join(str(v) for v in r["mesh"].values())
+    mesh = ", ".join(f"{k} {v}" for k, v in r["mesh"].items())
     rows.append(
       f"| {r['program']} | {r['config']} | {r['devices']} | {mesh} | {r['batch']} | "
       f"{state:.2f} | {total} | {r['hbm_bytes'] / GIB:.0f} | {fits} | "

@@ -3,9 +3,13 @@
 `make_stage_fn` turns one stage (its training config and its sampler settings
 from configs/cascade.py) into a function that samples a batch of videos from
 text and, for an SR stage, the previous stage's videos. `sample.py` jits it
-once per stage, shards the batch over a 1-D `data` mesh of all devices and
-feeds each stage's output to the next. Every sample gets its own PRNG key, so
-sample i of a run is the same video whatever the batch it was drawn in.
+once per stage on a (data, frames) mesh of the host's devices and feeds each
+stage's output to the next. The batch is split over `data`; with the stage's
+`frame_shards` > 1 each sample's frames are split over `frames` too, so one
+sample's activations spread over several chips (the paper's last SR stages
+hold 20-430 GB of them, more than one 16 GB chip). Every sample gets its own
+PRNG key, so sample i of a run is the same video whatever the batch it was
+drawn in, and whatever the mesh.
 """
 
 from collections.abc import Callable
@@ -15,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imagen_video_jax import train_lib
+from imagen_video_jax import sharding, train_lib
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import guidance, samplers, schedules
 
@@ -25,18 +29,56 @@ Array = jax.Array
 StageFn = Callable[[dict, Array, Array, Array, Array | None], Array]
 
 
-def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D `data` mesh over all devices (the sampler is data parallel)."""
+MESH_AXES = ("data", "frames")
+# Sampling's logical-axis rules: parameters replicated (each chip holds the whole
+# model in its compute dtype), activations' frames over the `frames` mesh axis.
+# The batch axis is vmapped over `data` (spmd_axis_name), so the model's own
+# size-1 batch axis stays unsplit.
+SAMPLING_RULES = tuple(
+  (name, "frames" if name == "frames" else None) for name, _ in sharding.DEFAULT_RULES
+)
+
+
+def frame_shards(
+  name: str, settings: ml_collections.ConfigDict, num_devices: int
+) -> int:
+  """Stage `name`'s `frame_shards` setting resolved for `num_devices` (-1 = all).
+
+  Raises:
+    ValueError: naming the stage and setting if it is not -1 or a divisor of
+      the devices.
+  """
+  k = int(settings.get("frame_shards", 1))
+  k = num_devices if k == -1 else k
+  if k < 1 or num_devices % k:
+    raise ValueError(
+      f"Stage {name!r}: frame_shards={settings.get('frame_shards')} must be -1 "
+      f"or divide the {num_devices} devices."
+    )
+  return k
+
+
+def make_mesh(
+  devices: list[jax.Device] | None = None, frame_shards: int = 1
+) -> jax.sharding.Mesh:
+  """A (data, frames) mesh over `devices` (default all): a sample's frames are
+  split over `frame_shards` devices, the batch over the rest."""
   devices = jax.devices() if devices is None else devices
+  if frame_shards < 1 or len(devices) % frame_shards:
+    raise ValueError(
+      f"frame_shards={frame_shards} does not divide the {len(devices)} devices."
+    )
   return jax.make_mesh(
-    (len(devices),),
-    ("data",),
-    axis_types=(jax.sharding.AxisType.Auto,),
+    (len(devices) // frame_shards, frame_shards),
+    MESH_AXES,
+    axis_types=(jax.sharding.AxisType.Auto,) * 2,
     devices=devices,
   )
 
 
-def _model_fn(model, variables, weights, emb, mask, cond, aug, *, single, extra):
+def _model_fn(
+  model, variables, weights, emb, mask, cond, aug, *, single, extra, batched=True
+):
   """(z, logsnr, step) -> (cond_out, uncond_out) from one batched model call.
 
   The unconditional half sees zero text embeddings and an all-False mask: the
@@ -45,7 +87,9 @@ def _model_fn(model, variables, weights, emb, mask, cond, aug, *, single, extra)
   With `single` (no guidance, or a distilled student) only the conditional
   half is computed and returned twice; with `extra` the step's guidance weight
   goes to the model as an extra scalar (a guidance-distilled student, Meng et
-  al., 2022, predicts the guided output itself).
+  al., 2022, predicts the guided output itself). Without `batched` the two
+  halves are two model calls, one after the other: the same outputs, half the
+  activations live at once.
   """
 
   def fn(z, logsnr, step):
@@ -55,6 +99,13 @@ def _model_fn(model, variables, weights, emb, mask, cond, aug, *, single, extra)
     if single:
       out = model.apply(variables, z, logsnr, emb, mask, **kw)
       return out, out
+    if not batched:
+      out = model.apply(variables, z, logsnr, emb, mask, **kw)
+      # The barrier makes the unconditional call wait for the conditional one,
+      # so XLA can't overlap (and hold the activations of) both.
+      out, z = jax.lax.optimization_barrier((out, z))
+      no_text = jnp.zeros_like(emb), jnp.zeros_like(mask)
+      return out, model.apply(variables, z, logsnr, *no_text, **kw)
     both = lambda x: jnp.concatenate([x, x])  # noqa: E731
     out = model.apply(
       variables,
@@ -73,6 +124,7 @@ def make_stage_fn(
   config: ml_collections.ConfigDict,
   settings: ml_collections.ConfigDict,
   *,
+  mesh: jax.sharding.Mesh | None = None,
   on_step: Callable[[int], None] | None = None,
 ) -> StageFn:
   """Builds one stage's sampling function (jit it; it has no Python side effects).
@@ -80,6 +132,9 @@ def make_stage_fn(
   Args:
     config: the stage's training config (stage shape, model, diffusion).
     settings: its sampler settings (configs/cascade.py `stage`).
+    mesh: the (data, frames) mesh it runs on (`make_mesh`); with a `frames`
+      axis over several devices each sample's frames are split over them.
+      None: data parallel only.
     on_step: called on the host with each sampling step (progress bars); may
       be called several times per step (once per sample and device).
 
@@ -100,6 +155,12 @@ def make_stage_fn(
   is_sr = config.stage.input is not None
   stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
   model = train_lib.make_model(config)  # Checks the conditioning too.
+  shards = 1 if mesh is None else mesh.shape["frames"]
+  if frames % shards:
+    raise ValueError(
+      f"Stage {config.stage.name!r}: its {frames} frames do not split over "
+      f"frame_shards={shards} devices."
+    )
 
   def one(variables, key, emb, mask, prev):
     """One sample: key [2], emb [L, D], mask [L], prev [T', H', W', 3] or None."""
@@ -119,6 +180,9 @@ def make_stage_fn(
       aug,
       single=distilled or unguided,
       extra=distilled,
+      # With frames split, a batch of two passes would be merged with the split
+      # frame axis in the per-frame layers, which GSPMD can't keep split.
+      batched=g.batched and shards == 1,
     )
     if on_step is not None:
       inner = model_fn
@@ -151,11 +215,37 @@ def make_stage_fn(
   def stage_fn(variables, keys, text_emb, text_mask, prev=None):
     if is_sr and prev is None:
       raise ValueError(f"Stage {config.stage.name!r} needs the previous video.")
-    in_axes = (None, 0, 0, 0, 0 if is_sr else None)
-    return jax.vmap(one, in_axes=in_axes)(
-      variables, keys, text_emb, text_mask, prev if is_sr else None
-    )
+    per_sample = (keys, text_emb, text_mask) + ((prev,) if is_sr else ())
 
+    def batch_fn(*xs):
+      # With frames split, the constraints inside `one` name `frames` and the
+      # vmapped batch axis goes on `data`.
+      return jax.vmap(
+        lambda k, e, m, p=None: one(variables, k, e, m, p),
+        spmd_axis_name="data" if shards > 1 else None,
+      )(*xs)
+
+    if shards == 1:
+      return batch_fn(*per_sample)
+    # Frames split: one sample per `data` group at a time (a loop over rounds),
+    # since one sample is what did not fit a chip. Device i's shard of the batch
+    # is rows [i r, (i + 1) r): (B, ...) -> (d, r, ...) -> (r, d, ...) keeps the
+    # split on the `data` axis, so no sample moves between devices.
+    d = mesh.shape["data"]
+    if keys.shape[0] % d:
+      raise ValueError(
+        f"Stage {config.stage.name!r}: batch {keys.shape[0]} does not split "
+        f"over the mesh's {d} data groups."
+      )
+
+    def rounds(x):
+      return x.reshape(d, -1, *x.shape[1:]).swapaxes(0, 1)
+
+    out = jax.lax.map(lambda xs: batch_fn(*xs), tuple(map(rounds, per_sample)))
+    return out.swapaxes(0, 1).reshape(-1, *out.shape[2:])
+
+  if shards > 1:  # The models' activation constraints take effect.
+    return sharding.under_rules(stage_fn, mesh, SAMPLING_RULES)
   return stage_fn
 
 
