@@ -185,8 +185,8 @@ def compile_stages(
       pipeline.make_stage_fn(c, s, mesh=mesh, on_step=on_step), out_shardings=sharded
     )
     keys = jax.ShapeDtypeStruct((batch, 2), np.uint32)
-    inputs_ = (spec(keys), *map(spec, text_shapes), video and spec(video))
-    lowered.append(fn.lower(v, *inputs_))
+    prev = None if video is None else spec(video)
+    lowered.append(fn.lower(v, spec(keys), *map(spec, text_shapes), prev))
     video = lowered[-1].out_info
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
     return list(pool.map(lambda low: low.compile(), lowered))
