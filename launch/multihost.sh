@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts NUM_PROCESSES local processes of a JAX binary that act as hosts of one
-# job (CPU devices simulated with XLA_FLAGS), coordinated on 127.0.0.1, for
-# multi-host tests and debugging without a pod:
+# job (CPU devices simulated with XLA_FLAGS, after the caller's own), coordinated
+# on 127.0.0.1, for multi-host tests and debugging without a pod:
 #
 #   bash launch/multihost.sh NUM_PROCESSES DEVICES_PER_PROCESS LOG_DIR -- \
 #     .venv/bin/python -m imagen_video_jax.train --config=configs/base.py:runlocal \
@@ -22,7 +22,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 
 pids=()
 for ((i = 0; i < num_processes; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu \
     "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$num_processes" \
     --process_id="$i" >"$log_dir/process_$i.log" 2>&1 &
   pids+=($!)

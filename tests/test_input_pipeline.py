@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from test_train import xla_flags
 
 from imagen_video_jax import bouncing_digits, clips, config_utils, video_io
 from imagen_video_jax import input_pipeline as ip
@@ -421,7 +422,7 @@ _RESUME_SCRIPT = textwrap.dedent(
 def test_state_restores_across_process_restart(data_dir, mesh, tmp_path):
   script, state, out = tmp_path / "run.py", tmp_path / "state.json", tmp_path / "b.npz"
   script.write_text(_RESUME_SCRIPT)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4))
   env["PYTHONPATH"] = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
   for mode in ("save", "restore"):
     subprocess.run(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_checkpointing import damage
+from test_train import xla_flags
 
 from configs import common
 from imagen_video_jax import checkpointing, config_utils, sample, video_io
@@ -608,7 +609,7 @@ def test_two_hosts_write_the_samples_of_one_host(runlocal_root, tmp_path):
     env = dict(
       os.environ,
       JAX_PLATFORMS="cpu",
-      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      XLA_FLAGS=xla_flags(devices),
     )
     proc = subprocess.run(
       cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600

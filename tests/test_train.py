@@ -29,10 +29,15 @@ def compile_cache(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("jax_cache"))
 
 
+def xla_flags(devices: int) -> str:
+  """The suite's XLA flags (launch/test.sh) with `devices` CPU devices (last wins)."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
 def train_env(compile_cache: str, devices: int = 1) -> dict[str, str]:
   env = dict(os.environ)
   env.update(
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=xla_flags(devices),
     JAX_PLATFORMS="cpu",
     JAX_COMPILATION_CACHE_DIR=compile_cache,
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
