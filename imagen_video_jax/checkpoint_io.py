@@ -1,13 +1,12 @@
 """What a checkpoint's files hold, and whether they read.
 
-The handler of the data iterator's state (one JSON per process), and the reading
+The handler of the data iterator's state (one JSON for all processes), and the reading
 side of `checkpointing`: a read error of any kind is damage
 (`DamagedCheckpointError`); a checkpoint of another network is a mismatch
 (`check_same_network`, a ValueError); `newest_readable` walks a workdir's steps
 newest first past the damaged ones.
 """
 
-import base64
 import contextlib
 import dataclasses
 import json
@@ -24,30 +23,32 @@ from imagen_video_jax import sharding
 
 
 # --------------------------------------------------------------------------- #
-# The data iterator's state: one JSON file per process (as grain's handler).
+# The data iterator's state: one JSON file for all processes (the index of the
+# next global batch is the same on every one), so that a run resumes on any
+# number of hosts.
 # --------------------------------------------------------------------------- #
 class DataStateHandler(ocp.CheckpointHandler):
-  """Saves `iterator.get_state()` (bytes or JSON-able) per process."""
+  """Saves `iterator.get_state()` (JSON-able), written once by process 0."""
 
-  def _path(self, directory: epath.Path) -> epath.Path:
-    return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  FILE = "data_state.json"
 
   def save(self, directory: epath.Path, args: "DataStateSave") -> None:
-    state = args.iterator.get_state()
-    if isinstance(state, bytes):
-      record = {"bytes": base64.b64encode(state).decode("ascii")}
-    else:
-      record = {"json": state}
-    directory.mkdir(parents=True, exist_ok=True)
-    self._path(directory).write_text(json.dumps(record))
+    state = args.iterator.get_state()  # On every process: they agree.
+    if jax.process_index() == 0:
+      directory.mkdir(parents=True, exist_ok=True)
+      (directory / self.FILE).write_text(json.dumps({"json": state}))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore") -> Any:
-    path = self._path(directory)
-    if not path.exists():
-      raise ValueError(f"Data iterator state {path} does not exist.")
+    path = directory / self.FILE
+    if not path.exists():  # Written before the one file: each process's own.
+      legacy = sorted(directory.glob("process_0-of-*.json"))
+      if not legacy:
+        raise ValueError(f"Data iterator state {path} does not exist.")
+      path = legacy[0]
     record = json.loads(path.read_text())
-    state = base64.b64decode(record["bytes"]) if "bytes" in record else record["json"]
-    args.iterator.set_state(state)
+    if "json" not in record:
+      raise ValueError(f"Data iterator state {path} holds no JSON state.")
+    args.iterator.set_state(record["json"])
     return args.iterator
 
   def metadata(self, directory: epath.Path) -> None:

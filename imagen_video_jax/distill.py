@@ -121,7 +121,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
       ),
       in_shardings=(
         state_shardings,
-        sharding.input_sharding(mesh),
+        sharding.batch_sharding(mesh, rules),
         text_shardings,
         replicated,
         replicated,

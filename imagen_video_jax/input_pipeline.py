@@ -14,16 +14,18 @@ own frame rate and resolution (paper Sec. 2.6, 3):
   * values in [-1, 1]; captions as tokens, or precomputed T5 embeddings.
 
 A batch holds B clips or B * T images of one source. The pipeline is a grain
-`MapDataset` (random access, so its state is one index): every JAX process
-reads its slice of each source; batches are global `jax.Array`s sharded on the
-mesh's `data` axis. A clip becomes a stage's example in `clips.py`.
+`MapDataset` (random access, so its state is one index). The global batch at
+step s is a function of the seed, s and the batch size alone; each JAX process
+loads the rows of it that its own devices hold, and the batches are global
+`jax.Array`s laid out as the steps use them (`sharding.batch_sharding`), on any
+mesh and any number of hosts. A clip becomes a stage's example in `clips.py`.
 """
 
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -188,23 +190,28 @@ class _Tokenize(grain.transforms.Map):
     return batch
 
 
-def build_local_dataset(
+RowsOf = Callable[[int], np.ndarray]  # A batch's row count -> the rows a host loads.
+
+
+def all_rows(num_rows: int) -> np.ndarray:
+  """Every row of a batch: what one process holding all devices loads."""
+  return np.arange(num_rows)
+
+
+def host_batches(
   config: ml_collections.ConfigDict,
   *,
+  rows_of: RowsOf = all_rows,
   split: str | None = None,
   seed: int | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
 ) -> grain.MapDataset:
-  """This process's infinite MapDataset of host-local numpy batches.
+  """Element i: this host's rows of global batch i, `(num_rows, batch)`.
 
-  Each source is batched on its own, b = config.batch_size // process_count
-  clips or b * T single images (see `create_iterator`); the batches are mixed
-  with `config.data.mixture`'s weights as fractions of batches, in a fixed
-  pattern shared by all processes. Element i depends only on (config, split,
-  seed, process_index, i).
+  The global batch i is a function of (config, split, seed, i) alone (see
+  `_host_parts`); `rows_of(num_rows)` says which of its rows this host loads
+  (`sharding.host_rows` on a mesh; every row by default).
   """
-  parts, weights = _local_parts(config, split, seed, process_index, process_count)
+  parts, weights = _host_parts(config, rows_of, split, seed)
   return _mix(parts, weights)
 
 
@@ -212,30 +219,50 @@ def _mix(parts: list[grain.MapDataset], weights: list[float]) -> grain.MapDatase
   return parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
 
 
-def _local_parts(
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """Loads a host's rows of one source's global batches."""
+
+  examples: grain.MapDataset  # The source's examples in their global order.
+  num_rows: int  # Rows of a global batch: B clips, or B * T images.
+  rows: np.ndarray  # The rows this host loads, sorted.
+  tokenize: Any  # _Tokenize, or None with precomputed embeddings.
+
+  def __call__(self, j: int) -> tuple[int, dict]:
+    """Global batch j of the source is its examples [j * num_rows, ...)."""
+    first = j * self.num_rows
+    batch = _collate([self.examples[first + int(r)] for r in self.rows])
+    return self.num_rows, self.tokenize.map(batch) if self.tokenize else batch
+
+
+def _host_parts(
   config: ml_collections.ConfigDict,
+  rows_of: RowsOf,
   split: str | None,
   seed: int | None,
-  process_index: int,
-  process_count: int,
 ) -> tuple[list[grain.MapDataset], list[float]]:
-  """One infinite MapDataset of batches per mixture source, and its weight."""
+  """One infinite MapDataset of a host's batch rows per mixture source, and its
+  weight.
+
+  Each source is one global stream of examples: shuffled with a seed of its
+  own, repeated, each example cut and augmented with a key of its index. Its
+  global batch j is examples [j * b, (j + 1) * b) with b = config.batch_size
+  clips or b * T single images (as many pixels), and `grain.MapDataset.mix`
+  picks whole batches by the mixture's weights in a fixed pattern. No number
+  of processes or devices enters: every layout of a job sees the same batches.
+  """
   data = config.data
   split = split or data.split
   seed = config.seed if seed is None else seed
-  if config.batch_size % process_count:
-    raise ValueError(
-      f"config.batch_size={config.batch_size} is not divisible by the "
-      f"{process_count} processes."
-    )
   if not data.mixture:
     raise ValueError("config.data.mixture is empty.")
   stage = config_utils.StageShape.of(config.stage)
   cond = config_utils.StageShape.of(config.stage.input)
   precomputed = bool(config.text.get("precomputed", False))
-  seeds = np.random.SeedSequence([seed, process_index]).generate_state(
-    2 * len(data.mixture)
-  )
+  # The 0 keeps the order of runs made before there was one global order (it
+  # was the process index); the seeds are the same on every process.
+  seeds = np.random.SeedSequence([seed, 0]).generate_state(2 * len(data.mixture))
+  tokenize = None if precomputed else _Tokenize(config.text)
   parts, weights = [], []
   for i, (name, weight) in enumerate(sorted(data.mixture.items())):
     if not isinstance(weight, int | float) or weight <= 0:
@@ -256,38 +283,51 @@ def _local_parts(
         f"(features: {source.features})."
       )
     transform = clips.StageTransform(stage, cond, source.shape)
-    batch_size = config.batch_size // process_count
+    num_rows = config.batch_size
     if source.kind == _IMAGE:  # T times as many images: as many pixels.
-      batch_size *= stage.train_frames
-    ds = grain.MapDataset.source(source.data)[process_index::process_count]
+      num_rows *= stage.train_frames
+    examples = grain.MapDataset.source(source.data)
     if data.shuffle:
-      ds = ds.shuffle(seed=int(seeds[2 * i]))
+      examples = examples.shuffle(seed=int(seeds[2 * i]))
     fn = functools.partial(
       _example, source=source, transform=transform, precomputed=precomputed
     )
-    ds = ds.repeat().random_map(fn, seed=int(seeds[2 * i + 1]))
-    ds = ds.batch(batch_size, batch_fn=_collate)
-    if not precomputed:
-      ds = ds.map(_Tokenize(config.text))
-    parts.append(ds)
+    examples = examples.repeat().random_map(fn, seed=int(seeds[2 * i + 1]))
+    load = _Rows(examples, num_rows, np.asarray(rows_of(num_rows)), tokenize)
+    # As many batches as the examples hold: `mix` draws its pattern from the
+    # parts' lengths.
+    parts.append(grain.MapDataset.range(len(examples) // num_rows).map(load))
     weights.append(float(weight))
   return parts, weights
 
 
 class BatchIterator(Iterator[dict[str, jax.Array]]):
-  """Iterates global batches; `get_state`/`set_state` resume exactly."""
+  """Iterates global batches; `get_state`/`set_state` resume exactly.
+
+  The state is the index of the next global batch, the same on every process:
+  a run resumes on another number of hosts, devices or mesh where it stopped.
+  """
 
   def __init__(
     self,
     parts: Sequence[grain.MapDataset],
     weights: Sequence[float],
     mesh: jax.sharding.Mesh,
+    rules: Any,
     data: ml_collections.ConfigDict,
   ):
-    """Mixes `parts` (one MapDataset of local batches per source) by `weights`."""
-    self._mesh = mesh
+    """Mixes `parts` (one MapDataset of host rows per source) by `weights`."""
+    self._mesh, self._rules, self._data = mesh, rules, data
     self._parts = list(parts)
-    ds = _mix(self._parts, list(weights)).to_iter_dataset(
+    self._batches = _mix(self._parts, list(weights))
+    self._it, self._next = None, 0
+    self._start(0)
+
+  def _start(self, index: int) -> None:
+    """Reads on from global batch `index` (prefetching threads or workers)."""
+    self.close()
+    data = self._data
+    ds = (self._batches[index:] if index else self._batches).to_iter_dataset(
       grain.ReadOptions(
         num_threads=max(int(data.prefetch), 0),
         prefetch_buffer_size=max(int(data.prefetch), 1),
@@ -295,13 +335,16 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
     )
     if data.worker_count:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
-    self._it = iter(ds)
+    self._it, self._next = iter(ds), index
 
   def __next__(self) -> dict[str, jax.Array]:
-    return self._to_global(next(self._it))
+    batch = self._to_global(next(self._it))
+    self._next += 1
+    return batch
 
-  def _to_global(self, local: dict) -> dict[str, jax.Array]:
-    batch = sharding.global_batch(local, self._mesh)
+  def _to_global(self, element: tuple[int, dict]) -> dict[str, jax.Array]:
+    num_rows, local = element
+    batch = sharding.global_batch(local, self._mesh, self._rules, num_rows)
     for key in ("video", "cond_video"):
       if key in batch:
         batch[key] = _to_unit(batch[key])
@@ -331,12 +374,15 @@ class BatchIterator(Iterator[dict[str, jax.Array]]):
 
   def get_state(self) -> str:
     """JSON string: restoring it makes the next batch the one after this call."""
-    return json.dumps(self._it.get_state())
+    return json.dumps({"next_index": self._next})
 
   def set_state(self, state: str | bytes | dict) -> None:
+    """Resumes at a `get_state` (also a state of grain's own iterator)."""
     if isinstance(state, str | bytes):
       state = json.loads(state)
-    self._it.set_state(state)
+    if not isinstance(state, dict) or not isinstance(state.get("next_index"), int):
+      raise ValueError(f"Data iterator state {state!r} has no 'next_index'.")
+    self._start(state["next_index"])
 
 
 def create_iterator(
@@ -345,10 +391,10 @@ def create_iterator(
   mesh: jax.sharding.Mesh,
   split: str | None = None,
   seed: int | None = None,
-  process_index: int | None = None,
-  process_count: int | None = None,
 ) -> BatchIterator:
-  """Iterator of global batches sharded on `mesh`'s 'data' axis (batch dim).
+  """Iterator of global batches laid out as the steps use them
+  (`sharding.batch_sharding` under config.logical_axis_rules); this process
+  loads only the rows its devices hold.
 
   Keys (B = config.batch_size; T, H, W = config.stage frames/height/width, or
   the crop's T (stage.crop_frames), H, W; T', H', W' = config.stage.input's,
@@ -360,10 +406,14 @@ def create_iterator(
     'tokens' int32 [B,L] and 'text_mask' bool [B,L], or, when
     config.text.precomputed, 'text_emb' f32 [B,L,D] and 'text_mask' bool [B,L].
   """
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  parts, weights = _local_parts(config, split, seed, index, count)
-  return BatchIterator(parts, weights, mesh, config.data)
+  rules = sharding.logical_rules(config.logical_axis_rules)
+  sharding.check_batch_size(config.batch_size, mesh, rules)
+
+  def rows_of(num_rows: int) -> np.ndarray:
+    return sharding.host_rows(num_rows, mesh, rules)
+
+  parts, weights = _host_parts(config, rows_of, split, seed)
+  return BatchIterator(parts, weights, mesh, rules, config.data)
 
 
 def batch_key(batch: dict) -> tuple:

@@ -322,10 +322,14 @@ def jit_train_step(
   )
   step_fn = train_lib.make_train_step(
     config, model, tx, lr_fn, text_apply, sharding.batch_sharding(mesh, rules)
-  )
+  )  # The batch's layout: the inputs' too (input_pipeline loads it so).
   step = jax.jit(
     sharding.under_rules(step_fn, mesh, rules),
-    in_shardings=(state_shardings, sharding.input_sharding(mesh), text_shardings),
+    in_shardings=(
+      state_shardings,
+      sharding.batch_sharding(mesh, rules),
+      text_shardings,
+    ),
     out_shardings=(
       state_shardings,
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),

@@ -233,7 +233,7 @@ def sharded_init(
 
 def batch_axes(mesh: Mesh, rules: Any = None) -> tuple[str, ...]:
   """The mesh axes the logical `batch` axis is split over (from the rules)."""
-  for name, axes in logical_rules(rules):
+  for name, axes in logical_rules(rules, mesh.axis_names):
     if name == "batch":
       if axes is None:
         return ()
@@ -242,46 +242,85 @@ def batch_axes(mesh: Mesh, rules: Any = None) -> tuple[str, ...]:
 
 
 def batch_sharding(mesh: Mesh, rules: Any = None) -> NamedSharding:
-  """Sharding of a batch's leading dimension: over the rules' `batch` axes."""
+  """The one layout of a batch: its leading dimension over the rules' `batch`
+  axes, as the steps' activations use it (inputs, steps and samplers alike)."""
   return NamedSharding(mesh, PartitionSpec(batch_axes(mesh, rules) or None))
 
 
-def input_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of input batches: leading dimension on the `data` axis."""
-  return NamedSharding(mesh, PartitionSpec("data"))
-
-
 def check_batch_size(batch_size: int, mesh: Mesh, rules: Any = None) -> None:
-  """Raises ValueError unless the global batch splits evenly over devices and hosts."""
+  """Raises ValueError unless the global batch splits evenly over the batch axes.
+
+  The number of processes does not matter: each loads the rows its devices
+  hold (`host_rows`), whatever the mesh.
+  """
   axes = batch_axes(mesh, rules)
   n = _axis_size(mesh, axes)
   if batch_size % n:
     raise ValueError(
       f"config.batch_size={batch_size} is not divisible by the {n} devices of "
-      f"mesh axes {axes} (mesh {dict(mesh.shape)})."
-    )
-  if batch_size % jax.process_count():
-    raise ValueError(
-      f"config.batch_size={batch_size} is not divisible by the "
-      f"{jax.process_count()} processes."
+      f"the batch's mesh axes {axes} (config.mesh.shape={tuple(mesh.devices.shape)}"
+      f", {dict(mesh.shape)})."
     )
 
 
-def global_batch(local: Any, mesh: Mesh) -> Any:
-  """Host-local numpy batch (this process's rows) -> global arrays on the mesh.
+def host_rows(num_rows: int, mesh: Mesh, rules: Any = None) -> np.ndarray:
+  """The rows of a global batch of `num_rows` that this process's devices hold.
 
-  Args:
-    local: tree of arrays [B / process_count, ...], this process's part of the
-      global batch.
-    mesh: the device mesh.
+  On any mesh: a data axis smaller or larger than the number of processes,
+  FSDP or tensor parallelism across hosts (devices of several hosts holding
+  the same rows each load them).
 
   Returns:
-    The same tree of global `jax.Array`s [B, ...], sharded as `input_sharding`.
+    int64 [R], sorted: indices into the global batch's leading dimension.
   """
-  sharding = input_sharding(mesh)
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
-  )
+  indices = batch_sharding(mesh, rules).addressable_devices_indices_map((num_rows,))
+  rows = set()
+  for (index,) in indices.values():
+    rows.update(range(*index.indices(num_rows)))
+  return np.array(sorted(rows), np.int64)
+
+
+def global_batch(
+  local: Any, mesh: Mesh, rules: Any = None, num_rows: int | None = None
+) -> Any:
+  """This process's rows of a batch -> global arrays in `batch_sharding`.
+
+  Args:
+    local: tree of host numpy arrays [R, ...], the rows `host_rows(num_rows)`
+      in their order.
+    mesh: the device mesh.
+    rules: logical axis rules (their `batch` axes).
+    num_rows: the global batch's rows; default R (one process holding all).
+
+  Returns:
+    The same tree of global `jax.Array`s [num_rows, ...].
+
+  Raises:
+    ValueError: if `local` does not hold exactly this process's rows.
+  """
+  leaves = jax.tree.leaves(local)
+  num_rows = len(leaves[0]) if num_rows is None else num_rows
+  rows = host_rows(num_rows, mesh, rules)
+  where = {int(r): i for i, r in enumerate(rows)}
+  for x in leaves:
+    if len(x) != len(rows):
+      raise ValueError(
+        f"Process {jax.process_index()} holds {len(x)} rows of a batch of "
+        f"{num_rows}, but its devices hold {len(rows)} of them on mesh "
+        f"{dict(mesh.shape)}."
+      )
+  layout = batch_sharding(mesh, rules)
+
+  def to_global(x):
+    x = np.asarray(x)
+
+    def rows_of(index):  # A device's rows: contiguous in the sorted `rows`.
+      start, stop, _ = index[0].indices(num_rows)
+      return x[where[start] : where[start] + stop - start] if stop > start else x[:0]
+
+    return jax.make_array_from_callback((num_rows, *x.shape[1:]), layout, rows_of)
+
+  return jax.tree.map(to_global, local)
 
 
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:

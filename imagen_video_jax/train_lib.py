@@ -370,7 +370,7 @@ def batch_shapes(
     shapes["text_emb"] = jax.ShapeDtypeStruct((b, length, text_dim(config)), f32)
   else:
     shapes["tokens"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
-  if sharding is not None:  # Specs to lower a step for, e.g. sharding.input_sharding.
+  if sharding is not None:  # Specs to lower a step for: sharding.batch_sharding.
     shapes = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
       for k, v in shapes.items()

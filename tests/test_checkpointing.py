@@ -18,17 +18,16 @@ STAGE = {"name": "base", "frames": 2, "height": 8, "width": 8}
 class FakeIterator:
   """get_state/set_state like the input pipeline's iterator."""
 
-  def __init__(self, position=0, as_bytes=False):
-    self.position, self.as_bytes = position, as_bytes
+  def __init__(self, position=0):
+    self.position = position
 
   def get_state(self):
-    state = f'{{"position": {self.position}}}'
-    return state.encode() if self.as_bytes else state
+    return json.dumps({"next_index": self.position})
 
   def set_state(self, state):
-    if isinstance(state, bytes):
-      state = state.decode()
-    self.position = int(state.split(":")[1].strip(" }"))
+    if isinstance(state, str):
+      state = json.loads(state)
+    self.position = state["next_index"]
 
 
 def make_state(scale: float = 1.0):
@@ -64,15 +63,34 @@ def test_save_restore_round_trip_keeps_n_and_data_state(tmp_path, mesh):
   ckpt = checkpointing.Checkpointer(str(tmp_path), stage=STAGE, keep=2)
   state = make_state()
   for step in (1, 2, 3):
-    assert ckpt.save(step, state, FakeIterator(position=10 * step, as_bytes=True))
+    assert ckpt.save(step, state, FakeIterator(position=10 * step))
   ckpt.wait()
   assert sorted(ckpt.manager.all_steps()) == [2, 3]
-  iterator = FakeIterator(as_bytes=True)
+  # One data state for all processes: a run resumes on any number of hosts.
+  assert os.listdir(tmp_path / "checkpoints" / "3" / "data") == ["data_state.json"]
+  iterator = FakeIterator()
   restored, step = ckpt.restore(abstract_of(state, mesh), iterator)
   ckpt.close()
   assert step == 3 and iterator.position == 30
   assert_trees_equal(restored, state)
   assert type(restored["opt_state"][0]) is type(state["opt_state"][0])
+
+
+def test_data_state_of_one_file_per_process_still_restores(tmp_path, mesh):
+  # Checkpoints written before the one file: process i of n wrote its own
+  # grain state; each process's next_index was the global batch index.
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    ckpt.save(4, make_state(), FakeIterator(position=4))
+  data = tmp_path / "checkpoints" / "4" / "data"
+  os.remove(data / "data_state.json")
+  for i in range(2):
+    (data / f"process_{i}-of-2.json").write_text(
+      json.dumps({"json": json.dumps({"next_index": 4})})
+    )
+  iterator = FakeIterator()
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    _, step = ckpt.restore(abstract_of(make_state(), mesh), iterator)
+  assert step == 4 and iterator.position == 4
 
 
 def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch, mesh):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from test_train import xla_flags
 
-from imagen_video_jax import bouncing_digits, clips, config_utils, video_io
+from imagen_video_jax import bouncing_digits, clips, config_utils, sharding, video_io
 from imagen_video_jax import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,9 +35,7 @@ def train_size(data_dir: str) -> int:
 
 @pytest.fixture(scope="session")
 def mesh():
-  return jax.make_mesh(
-    (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
+  return sharding.make_mesh((-1, 1, 1))
 
 
 def make_config(spec, data_dir, **data):
@@ -277,7 +275,7 @@ def test_batch_shapes_values_and_sharding(data_dir, mesh, spec, cond_shape):
     )
     np.testing.assert_array_equal(batch["is_image"], np.full(n, image))
     for v in batch.values():
-      assert v.sharding.spec == jax.sharding.PartitionSpec("data")
+      assert v.sharding == sharding.batch_sharding(mesh)  # As the steps use it.
       assert len(v.addressable_shards) == jax.device_count()
 
 
@@ -325,6 +323,11 @@ def test_image_examples_are_single_images_with_their_own_captions(data_dir, mesh
   assert len({r["caption"] for r in rendered}) > 1
 
 
+def halves(host):
+  """rows_of of host 0 or 1 of two that split every batch in halves."""
+  return lambda n: np.arange(n).reshape(2, -1)[host]
+
+
 def test_mixture_picks_whole_batches_in_proportion_on_every_process(data_dir):
   config = make_config(
     "configs/base.py:demo",
@@ -332,20 +335,62 @@ def test_mixture_picks_whole_batches_in_proportion_on_every_process(data_dir):
     mixture={"bouncing_digits/videos": 0.75, "bouncing_digits/images": 0.25},
   )
   patterns = []
-  for index in range(2):
-    local = ip.build_local_dataset(config, process_index=index, process_count=2)
+  for host in range(2):
+    batches = ip.host_batches(config, rows_of=halves(host))
     kinds = []
     for i in range(12):
-      batch = local[i]
+      num_rows, batch = batches[i]
       image = bool(batch["is_image"][0])
       assert batch["is_image"].all() == image  # A batch holds one kind.
-      n, t = (4 * 8, 1) if image else (4, 8)
-      assert batch["video"].shape == (n, t, 16, 16, 3)
-      assert batch["tokens"].shape[0] == n
+      n, t = (8 * 8, 1) if image else (8, 8)
+      assert num_rows == n
+      assert batch["video"].shape == (n // 2, t, 16, 16, 3)
+      assert batch["tokens"].shape[0] == n // 2
       kinds.append(image)
     patterns.append(kinds)
   assert patterns[0] == patterns[1]  # Every host has the same kind of batch.
   assert sum(patterns[0]) == 3  # 1/4 of the batches are images.
+
+
+@pytest.mark.parametrize(
+  "hosts",
+  [
+    [halves(0), halves(1)],
+    # Interleaved pairs (a data axis of 2 over hosts that each hold an fsdp
+    # half), and a host holding every row (tensor parallelism across hosts).
+    [lambda n: np.arange(n).reshape(-1, 2)[::2].ravel(), lambda n: np.arange(n)],
+  ],
+)
+def test_hosts_rows_are_the_rows_of_one_global_batch(data_dir, hosts):
+  # Clips and images, shuffled, with random crops: the rows a host loads are
+  # those rows of the batch one process holding every device loads.
+  config = make_config("configs/tsr1.py:demo", data_dir)
+  config.stage.crop = (8, 8)
+  whole = ip.host_batches(config)
+  for rows_of in hosts:
+    mine = ip.host_batches(config, rows_of=rows_of)
+    for i in range(6):
+      (n, full), (n_host, part) = whole[i], mine[i]
+      assert n == n_host
+      for k in full:
+        np.testing.assert_array_equal(part[k], full[k][rows_of(n)], err_msg=k)
+
+
+def test_global_batches_take_the_examples_in_one_global_order(data_dir):
+  config = make_config(
+    "configs/tsr1.py:demo",
+    data_dir,
+    shuffle=False,
+    mixture={"bouncing_digits/videos": 1.0},
+  )
+  videos = source_videos(data_dir)
+  n = len(videos)
+  for j in range(2):  # Batch j holds source examples 8j, ..., 8j + 7 (mod n).
+    num_rows, batch = ip.host_batches(config, rows_of=halves(1))[j]
+    assert num_rows == 8 and batch["video"].shape[0] == 4
+    for r in range(4):
+      expect = video_io.resize(videos[(8 * j + 4 + r) % n], 16, 16)
+      np.testing.assert_array_equal(batch["video"][r], expect)
 
 
 def test_encoded_source_decodes_only_selected_frames(data_dir):
@@ -366,22 +411,6 @@ def test_determinism_and_seed(data_dir, mesh):
   assert not np.array_equal(a[0]["video"], c[0]["video"])
 
 
-def test_processes_read_disjoint_shards(data_dir):
-  config = make_config(
-    "configs/tsr1.py:demo",
-    data_dir,
-    shuffle=False,
-    mixture={"bouncing_digits/videos": 1.0},
-  )
-  videos = source_videos(data_dir)
-  for index in range(2):
-    local = ip.build_local_dataset(config, process_index=index, process_count=2)[0]
-    assert local["video"].shape[0] == 4
-    for j in range(4):  # Process p reads source examples p, p + 2, ...
-      expect = video_io.resize(videos[2 * j + index], 16, 16)
-      np.testing.assert_array_equal(local["video"][j], expect)
-
-
 def test_state_restores_exactly(data_dir, mesh):
   config = make_config("configs/ssr1.py:demo", data_dir)
   it = ip.create_iterator(config, mesh=mesh)
@@ -399,13 +428,13 @@ _RESUME_SCRIPT = textwrap.dedent(
   import sys
   import jax
   import numpy as np
-  from imagen_video_jax import config_utils, input_pipeline as ip
+  from imagen_video_jax import config_utils, input_pipeline as ip, sharding
 
   mode, data_dir, state_file, out_file = sys.argv[1:]
   config = config_utils.load_config("configs/base.py:demo")
   config.data.data_dir, config.batch_size, config.data.prefetch = data_dir, 8, 2
   config.data.mixture = {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  mesh = sharding.make_mesh((-1, 1, 1))
   it = ip.create_iterator(config, mesh=mesh)
   if mode == "save":
     for _ in range(4):

@@ -79,6 +79,26 @@ def test_batch_size_must_divide_the_batch_axes():
     sharding.check_batch_size(6, mesh)
 
 
+@needs_8
+@pytest.mark.parametrize("shape", [(1, 8, 1), (8, 1, 1), (2, 4, 1), (1, 4, 2)])
+def test_a_global_batch_is_laid_out_as_the_steps_use_it(shape):
+  # The paper configs' mesh (1, -1, 1) included: a data axis of 1 must not
+  # replicate the batch (each chip holds its rows of it).
+  mesh = sharding.make_mesh(shape)
+  n = 8
+  assert list(sharding.host_rows(n, mesh)) == list(range(n))  # One process: all.
+  local = {"x": np.arange(n * 3.0).reshape(n, 3), "m": np.arange(n) % 2 == 0}
+  batch = sharding.global_batch(local, mesh)
+  per_device = n // (shape[0] * shape[1])
+  for x in batch.values():
+    assert x.shape[0] == n and x.sharding == sharding.batch_sharding(mesh)
+    assert {s.data.shape[0] for s in x.addressable_shards} == {per_device}
+  np.testing.assert_array_equal(np.asarray(batch["x"]), local["x"])
+  np.testing.assert_array_equal(np.asarray(batch["m"]), local["m"])
+  with pytest.raises(ValueError, match="holds 4 rows of a batch of 8"):
+    sharding.global_batch({"x": local["x"][:4]}, mesh, num_rows=8)
+
+
 def test_rules_naming_unknown_mesh_axes_are_rejected():
   with pytest.raises(ValueError, match="model"):
     sharding.logical_rules([("embed", "model")])
@@ -151,7 +171,7 @@ def runlocal_train_step(mesh, rules=None):
   )
   program = run_lib.jit_train_step(config, mesh, rules, text_apply, text_shardings)
   batch = train_lib.batch_shapes(
-    config, config.batch_size, sharding.input_sharding(mesh)
+    config, config.batch_size, sharding.batch_sharding(mesh, rules)
   )
   return program, batch, text_params
 
@@ -201,7 +221,7 @@ def test_model_activations_carry_the_sharding_their_constraints_name():
   bare = jax.jit(train_lib.make_train_step(config, model, tx, lr_fn, None))
   config.text.precomputed = True
   batch = train_lib.batch_shapes(
-    config, config.batch_size, sharding.input_sharding(mesh)
+    config, config.batch_size, sharding.batch_sharding(mesh)
   )
   text = bare.lower(program.abstract_state, batch, None).as_text()
   assert not re.findall(video, text)

@@ -205,7 +205,7 @@ def compile_train(config: Any, devices: list[Any]) -> Report:
     config, mesh, rules, text_apply, text_shardings
   )
   batch = train_lib.batch_shapes(
-    config, config.batch_size, sharding.input_sharding(mesh)
+    config, config.batch_size, sharding.batch_sharding(mesh, rules)
   )
   state = {k: abstract_state[k] for k in ("params", "opt_state", "ema_params")}
   if _STATE_ONLY.value:

@@ -90,7 +90,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     )
   state = sharding.sharded_init(init_fn, rng, shardings)
   batch = sharding.global_batch(
-    train_lib.synthetic_batch(config, config.batch_size), mesh
+    train_lib.synthetic_batch(config, config.batch_size), mesh, rules
   )
   compiled = step_fn.lower(state, batch, text_params, *extra).compile()
   flops = run_lib.compiled_flops(compiled)

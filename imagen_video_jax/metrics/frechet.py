@@ -88,7 +88,7 @@ def map_batches(
   devices = jax.local_devices()
   n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
   mesh = sharding.make_mesh((-1, 1, 1), devices[:n])
-  split = sharding.input_sharding(mesh)
+  split = sharding.batch_sharding(mesh)
   variables = jax.device_put(variables, jax.NamedSharding(mesh, jax.P()))
   out = []
   for i in range(0, len(x), batch_size):
