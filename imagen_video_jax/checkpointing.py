@@ -74,7 +74,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
   Nothing in the workdir changes before every check has passed: the stage and
   network of its config.json (or, without one, the stage its checkpoints
-  record) must be `config`'s, and the folder must be writable.
+  record) must be `config`'s, so must the global batch size and seed once it
+  holds a checkpoint, and the folder must be writable.
 
   Raises:
     ValueError: naming the workdir and both stages if it belongs to another
@@ -90,6 +91,14 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         f"{where} was trained with another network (config.json ->"
         f" this config): {'; '.join(differ)}. Resume with the saved values, or"
         " start the new network in a new --workdir."
+      )
+    differ = config_utils.data_order_differences(saved, config)
+    if differ and latest_step(workdir) is not None:
+      raise ValueError(
+        f"{where} was trained with another global batch or seed (config.json ->"
+        f" this config): {'; '.join(differ)}. A resume continues the run's data"
+        " order, which they fix (hosts, devices and mesh may change); resume"
+        " with the saved values, or start a new --workdir."
       )
   else:
     stage = checkpoints_stage(workdir)
@@ -326,6 +335,8 @@ def _pytree_restore(abstract: Any) -> ocp.args.PyTreeRestore:
 
 def latest_step(workdir: str) -> int | None:
   """The newest checkpoint step in WORKDIR/checkpoints (None if there is none)."""
+  if not (checkpoint_io.absolute(workdir) / "checkpoints").exists():
+    return None
   with checkpoint_io.meta_manager(workdir) as manager:
     return manager.latest_step()
 

@@ -129,6 +129,22 @@ def network_differences(saved: dict, config: ml_collections.ConfigDict) -> list[
   return out
 
 
+# What fixes the order of a run's data: its global batch at step s is a function
+# of these and s alone (input_pipeline), so a resume may change the hosts, the
+# devices, the mesh and with them the per-chip batch, but not these.
+_DATA_ORDER_KEYS = ("batch_size", "seed")
+
+
+def data_order_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: saved -> current' per data-order key a saved config.json changes."""
+  current = json.loads(config.to_json())
+  return [
+    f"{key}: {saved[key]!r} -> {current.get(key)!r}"
+    for key in _DATA_ORDER_KEYS
+    if key in saved and saved[key] != current.get(key)
+  ]
+
+
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   for part in key.split("."):
     config = config[part]

@@ -67,7 +67,8 @@ def test_save_restore_round_trip_keeps_n_and_data_state(tmp_path, mesh):
   ckpt.wait()
   assert sorted(ckpt.manager.all_steps()) == [2, 3]
   # One data state for all processes: a run resumes on any number of hosts.
-  assert os.listdir(tmp_path / "checkpoints" / "3" / "data") == ["data_state.json"]
+  data = tmp_path / "checkpoints" / "3" / "data"
+  assert [p for p in os.listdir(data) if p.endswith(".json")] == ["data_state.json"]
   iterator = FakeIterator()
   restored, step = ckpt.restore(abstract_of(state, mesh), iterator)
   ckpt.close()
@@ -271,6 +272,25 @@ def test_refused_restart_changes_nothing_and_names_the_keys(tmp_path):
   saved["model"].update(dtype="float32", remat="none")
   (tmp_path / "config.json").write_text(json.dumps(saved))
   checkpointing.prepare_workdir(str(tmp_path), base)
+
+
+def test_a_resume_may_change_the_layout_but_not_the_data_order(tmp_path):
+  config = config_utils.load_config("configs/base.py:runlocal")
+  checkpointing.prepare_workdir(str(tmp_path), config)
+  config.batch_size = 32  # Nothing trained yet: a new start may change it.
+  checkpointing.prepare_workdir(str(tmp_path), config)
+  with checkpointing.Checkpointer(str(tmp_path), stage=STAGE) as ckpt:
+    ckpt.save(1, make_state(), FakeIterator())
+  before = (tmp_path / "config.json").read_bytes()
+  config.mesh.shape, config.batch_size, config.seed = (2, 2, 2), 16, 1
+  with pytest.raises(
+    ValueError,
+    match=r"another global batch or seed.*batch_size: 32 -> 16; seed: 0 -> 1",
+  ):
+    checkpointing.prepare_workdir(str(tmp_path), config)
+  assert (tmp_path / "config.json").read_bytes() == before
+  config.batch_size, config.seed = 32, 0  # Another mesh alone resumes.
+  checkpointing.prepare_workdir(str(tmp_path), config)
 
 
 def test_stage_of_the_checkpoints_is_checked_without_config_json(tmp_path):

@@ -17,7 +17,17 @@ import ml_collections
 import numpy as np
 import pytest
 from test_sample import _NoData, save_runlocal_checkpoints
-from test_train import logged_losses, run, start, train_env, wait_for
+from test_train import (
+  assert_same_losses,
+  logged_losses,
+  multihost,
+  relocated,
+  resume_copy,
+  run,
+  start,
+  train_env,
+  wait_for,
+)
 from test_video_unet import _random_params
 
 from imagen_video_jax import (
@@ -360,6 +370,25 @@ def test_sigkill_in_a_round_then_restart_repeats_the_straight_run_bitwise(
   losses = logged_losses(tmp_path)
   assert sorted(losses) == list(range(1, 17))
   assert losses == logged_losses(straight)  # Bitwise equal, the resumed steps too.
+
+
+@pytest.mark.slow
+def test_a_halving_round_resumes_on_two_hosts_with_tensor_parallelism(
+  distilled_run, tmp_path
+):
+  # Checkpoint 10 (inside round 1) of the one-device run, resumed by 2
+  # processes of 4 devices on mesh (1,4,2): the batch over fsdp, tensor
+  # parallelism within each host; the last 6 steps repeat the straight run's.
+  args, cache, straight = distilled_run
+  workdir = resume_copy(straight, tmp_path / "w", step=10)
+  multihost(
+    relocated(args, workdir, "--config.mesh.shape=(1,4,2)"),
+    train_env(cache),
+    tmp_path / "logs",
+    module="imagen_video_jax.distill",
+  )
+  expected = logged_losses(straight)
+  assert_same_losses(logged_losses(workdir), expected, range(11, 17))
 
 
 def _students(teachers, distilled, root):

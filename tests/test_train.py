@@ -242,47 +242,104 @@ def test_max_bad_steps_waits_for_the_save_and_reports_one_line(
   assert "Traceback" not in text
 
 
-@pytest.mark.slow
-def test_two_processes_train_checkpoint_and_resume(
-  tmp_path, bouncing_digits_dir, compile_cache
-):
-  args = train_args(
-    "base",
-    tmp_path,
-    bouncing_digits_dir,
-    "--config.batch_size=8",
-    "--config.mesh.shape=(2,2,2)",
-    "--config.ckpt_every=2",
-    "--config.optim.warmup_steps=2",  # The first leg runs 4 steps.
+def multihost(args, env, logs, module="imagen_video_jax.train", devices=4) -> None:
+  """Runs `module` as 2 processes of `devices` CPU devices (simulated hosts)."""
+  launch = ["bash", "launch/multihost.sh", "2", str(devices), str(logs), "--"]
+  command = [*launch, sys.executable, "-m", module, *args]
+  subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=900)
+
+
+def assert_same_losses(got: dict[int, float], expected: dict[int, float], steps):
+  """The same global batches on another layout: equal up to the float rounding
+  of reductions in another order."""
+  assert sorted(got) == list(steps)
+  np.testing.assert_allclose(
+    [got[s] for s in steps], [expected[s] for s in steps], rtol=2e-5
   )
-  env = train_env(compile_cache)
-  for steps in (4, 6):
-    subprocess.run(
-      [
-        "bash",
-        "launch/multihost.sh",
-        "2",
-        "4",
-        str(tmp_path / f"logs{steps}"),
-        "--",
-        sys.executable,
-        "-m",
-        "imagen_video_jax.train",
-        *args,
-        f"--config.total_steps={steps}",
-      ],
-      cwd=ROOT,
-      env=env,
-      check=True,
-      timeout=600,
+
+
+@pytest.fixture(scope="module")
+def batch8_runs(tmp_path_factory, bouncing_digits_dir, compile_cache):
+  """{stage: (args, workdir)}: base and tsr1 runlocal at a global batch of 8,
+  4 steps on 1 process of 1 device, checkpoints at 2 and 4: the reference
+  every other layout must repeat."""
+  out = {}
+  for stage in ("base", "tsr1"):
+    workdir = tmp_path_factory.mktemp(f"batch8_{stage}")
+    args = train_args(
+      stage,
+      workdir,
+      bouncing_digits_dir,
+      "--config.batch_size=8",
+      "--config.mesh.shape=(1,1,1)",
+      "--config.ckpt_every=2",
+      "--config.optim.warmup_steps=2",
+      "--config.total_steps=4",
     )
-  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [2, 4, 6]
-  with open(tmp_path / "logs6" / "process_1.log") as f:
-    assert "Restored checkpoint" in f.read()
-  losses = logged_losses(tmp_path)
-  assert sorted(losses) == [1, 2, 3, 4, 5, 6] and np.all(
-    np.isfinite(list(losses.values()))
+    run(args, train_env(compile_cache), workdir / "log.txt")
+    out[stage] = args, workdir
+  return out
+
+
+def relocated(args, workdir, *overrides):
+  """`args` with another workdir and `overrides` (later flags win)."""
+  return [a for a in args if not a.startswith("--workdir")] + [
+    f"--workdir={workdir}",
+    *overrides,
+  ]
+
+
+def resume_copy(workdir, tmp_path, step):
+  """A copy of `workdir` at its checkpoint `step`: later ones and the logs gone."""
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  for path in (tmp_path / "checkpoints").iterdir():
+    if int(path.name) > step:
+      shutil.rmtree(path)
+  for path in glob.glob(str(tmp_path / "events.out.*")):
+    os.remove(path)
+  return tmp_path
+
+
+@pytest.mark.slow
+def test_paper_mesh_on_two_hosts_trains_the_global_batch_and_resumes_on_one(
+  batch8_runs, tmp_path, compile_cache
+):
+  # The paper configs' layout (1, -1, 1): FSDP over every chip, a data axis of
+  # 1 smaller than the 2 hosts. Each host loads its devices' rows of the one
+  # global batch; then the run resumes on 1 process of 2 devices, mesh (2,1,1).
+  args, reference = batch8_runs["base"]
+  expected = logged_losses(reference)
+  two = relocated(
+    args, tmp_path, "--config.mesh.shape=(1,8,1)", "--config.total_steps=2"
   )
+  multihost(two, train_env(compile_cache), tmp_path / "logs")
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [2]
+  assert_same_losses(logged_losses(tmp_path), expected, [1, 2])
+  one = relocated(args, tmp_path, "--config.mesh.shape=(2,1,1)")
+  events = set(glob.glob(str(tmp_path / "events.out.*")))
+  run(one, train_env(compile_cache, devices=2), tmp_path / "log.txt")
+  assert "Restored checkpoint" in (tmp_path / "log.txt").read_text()
+  new = [f for f in glob.glob(str(tmp_path / "events.out.*")) if f not in events]
+  assert_same_losses(logged_losses(tmp_path, new), expected, [3, 4])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["base", "tsr1"])
+def test_one_host_run_resumes_on_two_hosts_with_data_and_fsdp_axes(
+  stage, batch8_runs, tmp_path, compile_cache
+):
+  # Checkpoint 2 of the one-device run, resumed by 2 processes of 4 devices on
+  # mesh (2,4,1): the data axis spans the hosts, fsdp each host's devices.
+  args, reference = batch8_runs[stage]
+  workdir = resume_copy(reference, tmp_path / "w", step=2)
+  multihost(
+    relocated(args, workdir, "--config.mesh.shape=(2,4,1)"),
+    train_env(compile_cache),
+    tmp_path / "logs",
+  )
+  with open(tmp_path / "logs" / "process_1.log") as f:
+    assert "Restored checkpoint" in f.read()
+  assert_same_losses(logged_losses(workdir), logged_losses(reference), [3, 4])
 
 
 def test_stage_shape_that_does_not_fit_the_model_is_named():
