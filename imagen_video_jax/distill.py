@@ -8,9 +8,9 @@ w as an input the teacher's guided output, in one pass; stage two halves its
 sampling steps round by round (Salimans & Ho, 2022) down to
 `distill.final_steps`. The workdir is a stage `sample.py` reads as it is (its
 config.json says that the model takes w; each checkpoint's meta, for which
-step count). The script reads top to bottom as train.py does: config and
-teacher checks -> mesh -> workdir -> text encoder -> student and sharded state
--> one step per round kind -> data and restore -> loop over the rounds
+step count). The script reads top to bottom as train.py does: processes ->
+config and teacher checks -> mesh -> workdir -> text encoder -> student and
+sharded state -> one step per round kind -> data and restore -> loop over the rounds
 (metrics, checkpoints, signals). A kill in any round resumes that round at
 its step and repeats the uninterrupted run exactly. Exit status as train.py's.
 """
@@ -45,6 +45,8 @@ _INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
 def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   del argv
+  _INITIALIZE_PROCESSES()  # First: reading the teacher starts JAX's backend.
+
   # ------------------------------------------------------------------------ #
   # The student's config, the teacher, and the workdir's own teacher: all
   # checked before anything is written.
@@ -59,9 +61,8 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   logging.info("Rounds: %s", all_rounds)
 
   # ------------------------------------------------------------------------ #
-  # Processes, mesh, workdir, metric writers, signals.
+  # Mesh, workdir, metric writers, signals.
   # ------------------------------------------------------------------------ #
-  _INITIALIZE_PROCESSES()
   mesh, rules = sharding.mesh_from_config(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   writer, signals = run_lib.open_run(config, workdir, exits)

@@ -282,11 +282,13 @@ def batch8_runs(tmp_path_factory, bouncing_digits_dir, compile_cache):
 
 
 def relocated(args, workdir, *overrides):
-  """`args` with another workdir and `overrides` (later flags win)."""
-  return [a for a in args if not a.startswith("--workdir")] + [
-    f"--workdir={workdir}",
-    *overrides,
-  ]
+  """`args` with another workdir and `overrides` in place of the flags they name.
+
+  (A tuple flag given twice is not replaced: config_flags joins the tuples.)
+  """
+  replaced = ["--workdir", *(o.split("=")[0] for o in overrides)]
+  kept = [a for a in args if a.split("=")[0] not in replaced]
+  return [*kept, f"--workdir={workdir}", *overrides]
 
 
 def resume_copy(workdir, tmp_path, step):
