@@ -4,7 +4,7 @@ Layout of a workdir:
   WORKDIR/config.json                   the stage config the run was started with
   WORKDIR/checkpoints/<step>/state      params, opt_state, step (sharded arrays)
   WORKDIR/checkpoints/<step>/ema_params EMA of the params (what sample.py loads)
-  WORKDIR/checkpoints/<step>/data       one JSON per process: the iterator state
+  WORKDIR/checkpoints/<step>/data       JSON for all processes: the next global batch
   WORKDIR/checkpoints/<step>/meta       JSON: the stage the checkpoint belongs to
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and

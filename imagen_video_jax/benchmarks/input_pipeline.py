@@ -22,7 +22,7 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from imagen_video_jax import config_utils, data_build, input_pipeline
+from imagen_video_jax import config_utils, data_build, input_pipeline, sharding
 
 _BATCHES = flags.DEFINE_integer("batches", 4, "Timed batches per stage.")
 _WORKERS = flags.DEFINE_integer("worker_count", 0, "grain worker processes.")
@@ -78,9 +78,7 @@ def examples_per_second(config: ml_collections.ConfigDict, mesh, batches: int) -
 
 def main(argv: list[str]) -> None:
   del argv
-  mesh = jax.make_mesh(
-    (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
+  mesh = sharding.make_mesh((-1, 1, 1))  # The configs' rules name data and fsdp.
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = os.path.join(tmp, "tfds")
     start = time.perf_counter()
