@@ -242,8 +242,9 @@ def batch_axes(mesh: Mesh, rules: Any = None) -> tuple[str, ...]:
 
 
 def batch_sharding(mesh: Mesh, rules: Any = None) -> NamedSharding:
-  """The one layout of a batch: its leading dimension over the rules' `batch`
-  axes, as the steps' activations use it (inputs, steps and samplers alike)."""
+  """The one layout of a training batch: its leading dimension over the rules'
+  `batch` axes, as the steps' activations use it (the input pipeline, the train
+  and distill steps and their benchmarks)."""
   return NamedSharding(mesh, PartitionSpec(batch_axes(mesh, rules) or None))
 
 
@@ -316,7 +317,7 @@ def global_batch(
 
     def rows_of(index):  # A device's rows: contiguous in the sorted `rows`.
       start, stop, _ = index[0].indices(num_rows)
-      return x[where[start] : where[start] + stop - start] if stop > start else x[:0]
+      return x[where[start] : where[start] + stop - start]
 
     return jax.make_array_from_callback((num_rows, *x.shape[1:]), layout, rows_of)
 
