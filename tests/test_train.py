@@ -308,7 +308,8 @@ def test_paper_mesh_on_two_hosts_trains_the_global_batch_and_resumes_on_one(
 ):
   # The paper configs' layout (1, -1, 1): FSDP over every chip, a data axis of
   # 1 smaller than the 2 hosts. Each host loads its devices' rows of the one
-  # global batch; then the run resumes on 1 process of 2 devices, mesh (2,1,1).
+  # global batch. Then the run resumes on 1 process of 2 devices, mesh
+  # (2,1,1), for step 3, and on 1 process of 4 devices, (1,4,1), for step 4.
   args, reference = batch8_runs["base"]
   expected = logged_losses(reference)
   two = relocated(
@@ -317,12 +318,19 @@ def test_paper_mesh_on_two_hosts_trains_the_global_batch_and_resumes_on_one(
   multihost(two, train_env(compile_cache), tmp_path / "logs")
   assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [2]
   assert_same_losses(logged_losses(tmp_path), expected, [1, 2])
-  one = relocated(args, tmp_path, "--config.mesh.shape=(2,1,1)")
-  events = set(glob.glob(str(tmp_path / "events.out.*")))
-  run(one, train_env(compile_cache, devices=2), tmp_path / "log.txt")
-  assert "Restored checkpoint" in (tmp_path / "log.txt").read_text()
-  new = [f for f in glob.glob(str(tmp_path / "events.out.*")) if f not in events]
-  assert_same_losses(logged_losses(tmp_path, new), expected, [3, 4])
+  for step, devices, mesh in ((3, 2, "(2,1,1)"), (4, 4, "(1,4,1)")):
+    one = relocated(
+      args,
+      tmp_path,
+      f"--config.mesh.shape={mesh}",
+      f"--config.total_steps={step}",
+    )
+    events = set(glob.glob(str(tmp_path / "events.out.*")))
+    log = tmp_path / f"log{step}.txt"
+    run(one, train_env(compile_cache, devices=devices), log)
+    assert f"Restored checkpoint {tmp_path}/checkpoints/{step - 1}" in log.read_text()
+    new = [f for f in glob.glob(str(tmp_path / "events.out.*")) if f not in events]
+    assert_same_losses(logged_losses(tmp_path, new), expected, [step])
 
 
 @pytest.mark.slow
