@@ -21,10 +21,12 @@ loads the rows of it that its own devices hold, and the batches are global
 mesh and any number of hosts. A clip becomes a stage's example in `clips.py`.
 """
 
+import bisect
 import dataclasses
 import functools
 import json
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import message as protobuf_message
 
 from imagen_video_jax import clips, config_utils, sharding
 
@@ -53,6 +56,69 @@ class _EncodedFrames(tfds.decode.Decoder):
 
   def decode_batch_example_np(self, serialized_example):
     return serialized_example
+
+
+class DataReadError(OSError):
+  """A built dataset's file or record cannot be read (damaged, missing).
+
+  An OSError, so that the binaries report it as one line; the message names
+  the dataset, split, file and record, and the reader's error is its cause.
+  """
+
+  def __reduce__(self) -> tuple:
+    # grain's worker processes pickle errors to the main process, and pickling
+    # drops `__cause__`: keep it (when it pickles) as state.
+    cause = self.__cause__
+    try:
+      pickle.dumps(cause)
+    except Exception:  # noqa: BLE001 - any unpicklable cause is left out.
+      cause = None
+    return type(self), self.args, {**self.__dict__, "__cause__": cause}
+
+
+# What the readers raise on a damaged file or record: array_record/Riegeli's
+# RuntimeError ('Corrupted Riegeli/records file', a failed open), OSError,
+# ValueError, and protobuf's DecodeError for a record that is not an Example.
+_READ_ERRORS = (RuntimeError, OSError, ValueError, protobuf_message.DecodeError)
+
+
+class _NamedRecords:
+  """A TFDS data source whose read errors name the dataset, split, file, record.
+
+  TFDS opens a split's array_record files lazily, on the first read of each, so
+  a damaged file (a truncated one's footer) and a damaged record (a chunk hash
+  mismatch) both fail in `__getitem__`: here, and in grain's threads or worker
+  processes, which re-raise in the thread that calls `next`.
+  """
+
+  def __init__(self, data: Any, name: str, split: str, info: tfds.core.DatasetInfo):
+    self._data, self._name, self._split, self._info = data, name, split, info
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  def __getitem__(self, index: int) -> Any:
+    try:
+      return self._data[index]
+    except _READ_ERRORS as e:
+      # The file is looked up only now: the hot path is the bare read.
+      cause = " ".join(f"{type(e).__name__}: {e}".split())  # One line.
+      raise DataReadError(
+        f"Dataset {self._name}:{self._info.version} split {self._split!r}: "
+        f"record {index} ({self._where(index)}) cannot be read: {cause}"
+      ) from e
+
+  def _where(self, index: int) -> str:
+    """'record i of file PATH': which of the split's files holds `index`."""
+    files = self._info.splits[self._split].file_instructions
+    # A file instruction reads records [skip, skip + take) of its file, and the
+    # split's records are the instructions' records in order.
+    ends = np.cumsum([f.take for f in files])
+    i = bisect.bisect_right(ends.tolist(), index)
+    if i == len(files):
+      return f"beyond the split's {ends[-1] if len(ends) else 0} records"
+    first = int(ends[i - 1]) if i else 0
+    return f"record {index - first + files[i].skip} of file {files[i].filename}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +165,9 @@ def open_source(
   With `encoded`, video frames stay encoded until `Source.frames` decodes the
   ones a clip uses. The frame rate comes from the dataset's metadata ('fps'),
   else from `source_fps`. Raises ValueError with the build command when the dataset
-  or split has not been built.
+  or split has not been built. TFDS opens the split's files at their first read:
+  reading a damaged or missing file or record of `data` raises `DataReadError`,
+  naming the dataset, split, file and record.
   """
   dataset = name.partition("/")[0]
   if dataset not in DATASETS and not os.path.isdir(os.path.join(data_dir, dataset)):
@@ -137,6 +205,7 @@ def open_source(
       f"Dataset {name!r} has no 'fps' metadata; set config.data.source_fps."
     )
   shape = config_utils.StageShape(t, h, w, float(fps or 0.0))
+  data = _NamedRecords(data, name, split, builder.info)
   return Source(name, kind, data, shape, features, encoded)
 
 

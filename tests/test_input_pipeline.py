@@ -2,15 +2,20 @@
 
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from absl import flags
 from test_train import xla_flags
 
 from imagen_video_jax import bouncing_digits, clips, config_utils, sharding, video_io
@@ -511,3 +516,143 @@ def test_precomputed_needs_text_emb(data_dir, mesh):
   config.text.precomputed = True
   with pytest.raises(ValueError, match="text_emb"):
     next(ip.create_iterator(config, mesh=mesh))
+
+
+# --- Damaged files ---
+
+_VIDEOS = "bouncing_digits/videos"
+
+
+def _train_file(data_dir: str) -> str:
+  """The path of the tiny build's one train file of bouncing_digits/videos."""
+  (instruction,) = (
+    tfds.builder(_VIDEOS, data_dir=data_dir).info.splits["train"].file_instructions
+  )
+  return instruction.filename
+
+
+def _damage(data_dir: str, tmp_path, how: str) -> tuple[str, str]:
+  """(data_dir, path): a copy of the tiny build with its videos' train file damaged.
+
+  Truncated to half, the file's footer is gone: its reader fails to open, at the
+  first read. 2 KB of random bytes in the middle damage one record's chunk.
+  """
+  copy = str(tmp_path / "tfds")
+  shutil.copytree(data_dir, copy)
+  path = _train_file(copy)
+  size = os.path.getsize(path)
+  if how == "truncated":
+    os.truncate(path, size // 2)
+  else:
+    with open(path, "r+b") as f:
+      f.seek(size // 2)
+      f.write(np.random.default_rng(0).bytes(2048))
+  return copy, path
+
+
+def _assert_names_damage(error: BaseException, path: str) -> int:
+  """Checks a read error's message and cause; returns the record it names."""
+  assert isinstance(error, ip.DataReadError) and isinstance(error, OSError)
+  message = str(error)
+  assert "\n" not in message  # The binaries report it as one line.
+  match = re.search(
+    r"^Dataset bouncing_digits/videos:1\.0\.0 split 'train': record (\d+) "
+    r"\(record (\d+) of file (\S+)\) cannot be read: RuntimeError: Corrupted",
+    message,
+  )
+  assert match, message
+  assert match[3] == path
+  assert match[1] == match[2]  # One file: its records are the split's.
+  assert isinstance(error.__cause__, RuntimeError)  # The reader's, chained.
+  assert "Riegeli" in str(error.__cause__)
+  return int(match[1])
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+def test_damaged_file_names_dataset_split_file_and_record(data_dir, tmp_path, how):
+  data_dir, path = _damage(data_dir, tmp_path, how)
+  data = ip.open_source(_VIDEOS, data_dir, "train", encoded=True).data
+  bad = []
+  for i in range(len(data)):
+    try:
+      data[i]
+    except ip.DataReadError as e:
+      assert _assert_names_damage(e, path) == i
+      bad.append(i)
+  assert bad  # Every record when truncated; the damaged one(s) when overwritten.
+
+
+@pytest.mark.parametrize(
+  "how, worker_count, prefetch",
+  [
+    ("truncated", 0, 0),
+    ("truncated", 0, 2),  # The runlocal configs' prefetch threads.
+    ("overwritten", 0, 0),
+    ("overwritten", 0, 2),
+    ("overwritten", 1, 2),  # A worker process (8 s): the error is pickled.
+  ],
+)
+def test_damaged_file_error_surfaces_from_next(
+  data_dir, mesh, tmp_path, how, worker_count, prefetch
+):
+  """From `next` in the main thread: read there, in threads or in a worker."""
+  if worker_count:
+    flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags.
+  data_dir, path = _damage(data_dir, tmp_path, how)
+  config = make_config(
+    "configs/base.py:demo",
+    data_dir,
+    mixture={_VIDEOS: 1.0},
+    worker_count=worker_count,
+    prefetch=prefetch,
+  )
+  it = ip.create_iterator(config, mesh=mesh)
+
+  def hang(signum, frame):
+    raise TimeoutError("The pipeline hangs on a damaged file.")
+
+  # One epoch (2 batches of 8 of the 16 clips) reads every record.
+  previous = signal.signal(signal.SIGALRM, hang)
+  signal.alarm(120)
+  try:
+    with pytest.raises(ip.DataReadError) as error:
+      take(it, 4)
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+    it.close()
+  _assert_names_damage(error.value, path)
+
+
+def test_read_error_names_the_file_holding_the_record():
+  """A split over files: global record -> (file, record in it), with skips."""
+  files = [
+    types.SimpleNamespace(filename=f"f{i}", skip=skip, take=take)
+    for i, (skip, take) in enumerate([(0, 5), (2, 3), (0, 4)])
+  ]
+  info = types.SimpleNamespace(
+    version="1.0.0", splits={"train": types.SimpleNamespace(file_instructions=files)}
+  )
+
+  class Failing:
+    def __len__(self):
+      return 12
+
+    def __getitem__(self, index):
+      raise RuntimeError("Corrupted\nrecord")
+
+  data = ip._NamedRecords(Failing(), "d/c", "train", info)
+  for index, where in [
+    (0, "record 0 of file f0"),
+    (4, "record 4 of file f0"),
+    (5, "record 2 of file f1"),
+    (7, "record 4 of file f1"),
+    (8, "record 0 of file f2"),
+    (11, "record 3 of file f2"),
+  ]:
+    with pytest.raises(ip.DataReadError) as error:
+      data[index]
+    assert str(error.value) == (
+      f"Dataset d/c:1.0.0 split 'train': record {index} ({where}) cannot be "
+      "read: RuntimeError: Corrupted record"
+    )
