@@ -70,12 +70,18 @@ def saved_config(
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Checks that `workdir` can hold this run, then writes its config.json.
+  """`check_workdir`, then `write_config`."""
+  check_workdir(workdir, config)
+  write_config(workdir, config)
 
-  Nothing in the workdir changes before every check has passed: the stage and
-  network of its config.json (or, without one, the stage its checkpoints
-  record) must be `config`'s, so must the global batch size and seed once it
-  holds a checkpoint, and the folder must be writable.
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Checks that `workdir` can hold this run; writes nothing in it.
+
+  The stage and network of its config.json (or, without one, the stage its
+  checkpoints record) must be `config`'s, so must the global batch size and
+  seed once it holds a checkpoint, and the folder must be writable (it is
+  created if missing; a probe file is written and removed).
 
   Raises:
     ValueError: naming the workdir and both stages if it belongs to another
@@ -108,6 +114,10 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     files.check_writable(workdir)
   except OSError as e:
     raise ValueError(f"Workdir {workdir!r} is not writable: {e}") from e
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes WORKDIR/config.json (process 0), once the run is known to start."""
   if jax.process_index() == 0:
     files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
@@ -155,7 +165,7 @@ class Checkpointer:
       self.directory,
       options=ocp.CheckpointManagerOptions(
         max_to_keep=keep,
-        create=True,
+        create=False,  # The first save makes it: a failed start writes nothing.
         cleanup_tmp_directories=True,  # What a killed save left: never a checkpoint.
         enable_async_checkpointing=async_save,
       ),

@@ -10,20 +10,44 @@ from typing import Any
 
 import ml_collections
 from absl import logging
+from ml_collections import config_flags
+
+# The repository: its `configs` package is what the stage configs import.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def importable_configs(config_file: str | None = None) -> None:
+  """Puts the repository (and `config_file`'s grandparent) first on sys.path.
+
+  Then `from configs import common` works in a config file whatever the
+  working directory; a config of a copied `configs/` folder imports its own.
+  """
+  roots = [_REPO]
+  if config_file is not None:
+    roots.append(os.path.dirname(os.path.dirname(os.path.abspath(config_file))))
+  for root in roots:
+    if root not in sys.path:
+      sys.path.insert(0, root)
+
+
+def define_config_flag(help_string: str, *, lock_config: bool = True) -> Any:
+  """Every binary's --config (absl's config_flags), loadable from any cwd."""
+  importable_configs()
+  return config_flags.DEFINE_config_file(
+    "config", None, help_string, lock_config=lock_config
+  )
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `configs/base.py:demo,batch=8` -> the ConfigDict of `get_config(arg)`.
 
-  The config file's parent folder goes on sys.path so that `from configs import
-  common` works wherever the command is run from.
+  The config file loads as the binaries' --config does (`importable_configs`),
+  wherever the command is run from.
   """
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ValueError(f"Config file {path!r} (from {spec!r}) does not exist.")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
+  importable_configs(path)
   name = "_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)

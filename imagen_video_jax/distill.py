@@ -23,7 +23,6 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from clu import periodic_actions
-from ml_collections import config_flags
 
 from imagen_video_jax import (
   checkpointing,
@@ -36,9 +35,7 @@ from imagen_video_jax import (
   train_lib,
 )
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Stage config, e.g. configs/base.py:demo.", lock_config=True
-)
+_CONFIG = config_utils.define_config_flag("Stage config, e.g. configs/base.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir.")
 _INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
@@ -55,17 +52,20 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   config_utils.check_run_config(config, optim="distill.optim")
   if os.path.abspath(workdir) == config.distill.teacher:
     raise ValueError(f"--workdir={workdir!r} is the teacher's workdir.")
-  teacher_params, config.distill.teacher_step = distill_lib.load_teacher(config)
-  distill_lib.check_resume(workdir, config)
+  resumed_teacher_step = distill_lib.check_resume(workdir, config)
+  if resumed_teacher_step is None:  # A start reads the teacher's workdir; a
+    teacher_params, config.distill.teacher_step = distill_lib.load_teacher(config)
+  else:  # resume, the teacher params each of its own checkpoints holds.
+    teacher_params, config.distill.teacher_step = None, resumed_teacher_step
   all_rounds = distill_lib.rounds(config.distill)
   logging.info("Rounds: %s", all_rounds)
 
   # ------------------------------------------------------------------------ #
-  # Mesh, workdir, metric writers, signals.
+  # Mesh, and the workdir leased (config.json and metrics once it starts).
   # ------------------------------------------------------------------------ #
   mesh, rules = sharding.mesh_from_config(config)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  writer, signals = run_lib.open_run(config, workdir, exits)
+  lease = run_lib.open_workdir(config, workdir, exits)
   text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules
   )
@@ -173,6 +173,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
       compiled[key] = executable, run_lib.compiled_flops(executable)
   sharding.wait_for_all_processes("distill_step_compiled")
   step = int(state["step"])
+  writer, signals = run_lib.start_writing(config, workdir, exits)
   del teacher_params
 
   # ------------------------------------------------------------------------ #
@@ -200,6 +201,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
 
     stop = signals.stop()
     if step in (r.end, config.total_steps) or step % config.ckpt_every == 0 or stop:
+      run_lib.check_lease(lease, step)
       ckpt.save(step, state, data_iter, meta=distill_lib.student_meta(all_rounds, step))
     if stop:
       logging.warning("Stopped: saving step %d, exit status %d.", step, signals.status)

@@ -150,30 +150,35 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[Any, int]:
   return pipeline.as_variables(params)["params"], int(meta["step"])
 
 
-def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_resume(workdir: str, config: ml_collections.ConfigDict) -> int | None:
   """Refuses a workdir that is not this distillation's (nothing is written).
+
+  Returns:
+    The teacher step the workdir's checkpoints distil, whose params each of
+    them holds: a resume needs no teacher workdir. None when it holds no
+    checkpoint (a fresh start reads the teacher's).
 
   Raises:
     ValueError: naming the workdir if it holds a trained stage, another
-      stage, or a distillation of another teacher (workdir or step).
+      stage, or a distillation of another teacher workdir.
   """
   where = f"Workdir {workdir!r}"
   saved = checkpointing.saved_config(workdir, config, where)
+  has_checkpoints = checkpointing.latest_step(workdir) is not None
   if saved is None:
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if has_checkpoints:
       raise ValueError(f"{where} holds checkpoints but no config.json.")
-    return
+    return None
   before = saved.get("distill", {})
   if "teacher_step" not in before:
     raise ValueError(f"{where} holds a trained stage, not a distillation.")
-  now = config.distill
-  for key in ("teacher", "teacher_step"):
-    if before[key] != now[key]:
-      raise ValueError(
-        f"{where} distils teacher {before['teacher']!r} at step "
-        f"{before['teacher_step']}; the config names {now.teacher!r} at step "
-        f"{now.teacher_step}. Use a new workdir for another teacher."
-      )
+  if before["teacher"] != config.distill.teacher:
+    raise ValueError(
+      f"{where} distils teacher {before['teacher']!r} at step"
+      f" {before['teacher_step']}; the config names {config.distill.teacher!r}."
+      " Use a new workdir for another teacher."
+    )
+  return int(before["teacher_step"]) if has_checkpoints else None
 
 
 def merge_teacher(student: Any, teacher: Any, where: str) -> Any:

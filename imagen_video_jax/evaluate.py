@@ -30,7 +30,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from imagen_video_jax import files, input_pipeline, video_io
+from imagen_video_jax import files, input_pipeline, run_lib, video_io
 from imagen_video_jax.metrics import alignment, clip_score, fid, fvd
 
 METRICS = ("alignment", "fvd", "fid", "clip")
@@ -241,4 +241,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("samples")
-  app.run(main)
+  # Errors of input as one line (run_lib.main_of), as the other binaries'.
+  app.run(run_lib.main_of(lambda argv, _: main(argv), signals=False))

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ from clu import metric_writers
 from imagen_video_jax import (
   checkpointing,
   config_utils,
+  leases,
   optimizers,
   sharding,
   train_lib,
@@ -121,6 +123,7 @@ class Signals:
 
   def __init__(self):
     self.signum, self.looping, self.stopped = None, False, False
+    self.at_exit: list[Callable[[], None]] = []  # Run before an immediate exit.
 
   def install(self) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -133,6 +136,11 @@ class Signals:
       logging.warning(
         "%s: nothing new to save; exiting with status %d.", name, 128 + signum
       )
+      for callback in self.at_exit:  # The workdir's lease, given back.
+        try:
+          callback()
+        except Exception as e:  # noqa: BLE001 - exiting anyway.
+          logging.error("%s", e)
       logging.flush()
       os._exit(128 + signum)  # Compiling threads would hold a normal exit.
     logging.warning("%s: saving at the next step, then exiting.", name)
@@ -182,7 +190,8 @@ def main_of(
   `binary` enters what must close on every exit into `exits` (the
   checkpointer, whose close waits for pending saves; the metric writer). A
   REPORTED_ERRORS error is logged as one line, after `exits` has closed, and
-  gives status 1; `signals` installs `SIGNALS`.
+  gives status 1 (its traceback is logged at --verbosity=1); `signals`
+  installs `SIGNALS`.
   """
 
   def main(argv: list[str]) -> int:
@@ -193,6 +202,8 @@ def main_of(
       with contextlib.ExitStack() as exits:
         return binary(argv, exits) or 0
     except REPORTED_ERRORS as e:
+      # The traceback goes to the log at --verbosity=1 (-v 1), the line always.
+      logging.debug("%s", traceback.format_exc())
       logging.error("%s: %s", type(e).__name__, " ".join(str(e).split())[:2000])
       # What orbax's tasks left unretrieved is this error again, at exit.
       std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
@@ -231,14 +242,67 @@ def define_process_flags() -> Callable[[], None]:
   return initialize
 
 
-def open_run(
+def open_workdir(
+  config: ml_collections.ConfigDict, workdir: str, exits: contextlib.ExitStack
+) -> leases.Lease:
+  """Checks `workdir` can hold this run, then takes its lease (leases.py).
+
+  Only the lease is written: `exits` gives it back on every exit, and removes
+  the workdir again if this run created it and a failed start left it empty.
+
+  Raises:
+    ValueError: naming the workdir and why it cannot hold this run
+      (checkpointing.check_workdir), or the run holding it.
+  """
+  created = "://" not in workdir and not os.path.exists(workdir)
+  checkpointing.check_workdir(workdir, config)
+  if created:
+    exits.callback(_remove_if_empty, workdir)
+  lease, error = leases.Lease(workdir), None
+  if jax.process_index() == 0:  # One lease for the job, whatever its hosts.
+    try:
+      lease.acquire()
+    except leases.WorkdirBusyError as e:
+      error = e
+  if sharding.any_process(error is not None):
+    raise error or leases.WorkdirBusyError(
+      f"Workdir {workdir!r} is in use by another run (process 0's log names it)."
+    )
+  exits.callback(lease.release)
+  SIGNALS.at_exit.append(lease.give_back)
+  return lease
+
+
+def _remove_if_empty(folder: str) -> None:
+  if jax.process_index() == 0 and os.path.isdir(folder) and not os.listdir(folder):
+    os.rmdir(folder)
+
+
+def check_lease(lease: leases.Lease, step: int) -> None:
+  """Raises before the save of `step` if another run took the workdir's lease.
+
+  Raises:
+    RuntimeError: naming the workdir and the run that took it (all hosts).
+  """
+  lost = jax.process_index() == 0 and lease.lost is not None
+  if sharding.any_process(lost):
+    holder = leases.describe(lease.lost) if lease.lost else "see process 0's log"
+    raise RuntimeError(
+      f"Workdir {lease.workdir!r} was taken by another run ({holder}); stopping"
+      f" without saving step {step}, so as not to overwrite its checkpoints."
+    )
+
+
+def start_writing(
   config: ml_collections.ConfigDict, workdir: str, exits: contextlib.ExitStack
 ) -> tuple[Any, Signals]:
-  """Prepares the workdir (config.json); returns clu's writer and `SIGNALS`.
+  """Writes config.json and opens clu's writer: the run is known to start.
 
-  The writer is closed (flushed) by `exits` on every exit.
+  Called once the data is open and the state built or restored, so that a
+  failed start leaves no config.json (which would lock the workdir to its
+  network) and no event file. The writer is closed by `exits` on every exit.
   """
-  checkpointing.prepare_workdir(workdir, config)
+  checkpointing.write_config(workdir, config)
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0
   )

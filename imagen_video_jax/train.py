@@ -7,8 +7,9 @@ Each stage (base, tsr1, ssr1, ...) is its own job, steered by its config:
 
 On a TPU pod every worker runs the same command (launch/tpu.sh); locally,
 `launch/multihost.sh` starts several processes that simulate hosts. The script
-reads top to bottom: mesh -> workdir -> text encoder -> model and sharded state
--> train step -> data and restore -> loop (metrics, checkpoints, signals).
+reads top to bottom: mesh -> workdir (checked, leased) -> text encoder -> model
+and sharded state -> train step -> data and restore -> config.json and metric
+writer -> loop (metrics, checkpoints, signals).
 
 Exit status (run_lib): 0 finished, 1 an error (one line in the log), 130 after
 SIGINT and 143 after SIGTERM (the step is saved first; during start-up there is
@@ -21,7 +22,6 @@ import contextlib
 import jax
 from absl import app, flags, logging
 from clu import parameter_overview, periodic_actions
-from ml_collections import config_flags
 
 from imagen_video_jax import (
   checkpointing,
@@ -31,9 +31,7 @@ from imagen_video_jax import (
   sharding,
 )
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Stage config, e.g. configs/ssr1.py:demo.", lock_config=True
-)
+_CONFIG = config_utils.define_config_flag("Stage config, e.g. configs/ssr1.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, config and metrics.")
 _INITIALIZE_PROCESSES = run_lib.define_process_flags()
 
@@ -50,9 +48,10 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   mesh, rules = sharding.mesh_from_config(config)
 
   # ------------------------------------------------------------------------ #
-  # Workdir, metric writers, signals.
+  # The workdir, checked and leased: a second run on it is refused here. Its
+  # config.json and metrics are written only once the run is known to start.
   # ------------------------------------------------------------------------ #
-  writer, signals = run_lib.open_run(config, workdir, exits)
+  lease = run_lib.open_workdir(config, workdir, exits)
 
   # ------------------------------------------------------------------------ #
   # Frozen text encoder (paper Sec. 2): applied inside the step, or None when
@@ -111,6 +110,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
       logging.info("Compiled the step for batch shapes %s.", dict(key))
   sharding.wait_for_all_processes("train_step_compiled")
   step = int(state["step"])
+  writer, signals = run_lib.start_writing(config, workdir, exits)
   parameter_overview.log_parameter_overview(
     state["params"], include_stats=False, jax_logging_process=0
   )
@@ -142,6 +142,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
 
     stop = signals.stop()
     if step % config.ckpt_every == 0 or step == config.total_steps or stop:
+      run_lib.check_lease(lease, step)
       ckpt.save(step, state, train_iter)
     if stop:
       logging.warning("Stopped: saving step %d, exit status %d.", step, signals.status)

@@ -8,6 +8,7 @@ runlocal cascade sampled through sample.py.
 
 import json
 import os
+import shutil
 import signal
 
 import flax
@@ -293,9 +294,9 @@ def test_a_workdir_resumed_with_another_teacher_is_refused(teachers, tmp_path):
   config = _base(teachers / "base")
   config.distill.teacher_step = 1
   checkpointing.prepare_workdir(str(tmp_path), config)
-  distill_lib.check_resume(str(tmp_path), config)  # The same teacher: fine.
-  other = _base(teachers / "base")
-  other.distill.teacher_step = 2
+  # No checkpoint yet: a start, which reads the teacher's workdir.
+  assert distill_lib.check_resume(str(tmp_path), config) is None
+  other = _base(tmp_path / "another_teacher")
   with pytest.raises(ValueError, match="at step 1; the config names"):
     distill_lib.check_resume(str(tmp_path), other)
   with pytest.raises(ValueError, match="a trained stage, not a distillation"):
@@ -357,17 +358,24 @@ def test_distillation_writes_a_student_of_the_final_step_count(distilled_run):
 
 @pytest.mark.slow
 def test_sigkill_in_a_round_then_restart_repeats_the_straight_run_bitwise(
-  distilled_run, tmp_path
+  distilled_run, teachers, tmp_path
 ):
+  # The teacher's workdir is removed after the kill: the resume reads the
+  # teacher params its own checkpoint holds.
   args, cache, straight = distilled_run
-  args = [a for a in args if not a.startswith("--workdir")] + [f"--workdir={tmp_path}"]
+  teacher, workdir = tmp_path / "teacher", tmp_path / "student"
+  shutil.copytree(teachers / "base", teacher)
+  args = relocated(args, workdir, f"--config.distill.teacher={teacher}")
   env, log = train_env(cache), tmp_path / "log.txt"
   proc = start(args, env, log, module="imagen_video_jax.distill")
-  wait_for(lambda: (tmp_path / "checkpoints" / "6").is_dir(), proc, what="checkpoint 6")
+  wait_for(lambda: (workdir / "checkpoints" / "6").is_dir(), proc, what="checkpoint 6")
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  shutil.rmtree(teacher)
   run(args, env, log, module="imagen_video_jax.distill")
-  losses = logged_losses(tmp_path)
+  with pytest.raises(ValueError, match="distils teacher"):  # And names it.
+    distill_lib.check_resume(str(workdir), _base(teachers / "base"))
+  losses = logged_losses(workdir)
   assert sorted(losses) == list(range(1, 17))
   assert losses == logged_losses(straight)  # Bitwise equal, the resumed steps too.
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_checkpointing import damage
 
-from imagen_video_jax import config_utils, optimizers, run_lib, train_lib
+from imagen_video_jax import config_utils, leases, optimizers, run_lib, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
@@ -240,6 +240,61 @@ def test_max_bad_steps_waits_for_the_save_and_reports_one_line(
   ]
   assert len(errors) == 1 and "RuntimeError: 10 non-finite steps in a row" in errors[0]
   assert "Traceback" not in text
+
+
+def _error_lines(text: str) -> list[str]:
+  return [
+    line
+    for line in text.splitlines()
+    if line.startswith("E") and "slow_operation_alarm" not in line
+  ]
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_at_once(
+  tmp_path, bouncing_digits_dir, compile_cache
+):
+  # This test holds the lease, as a running job would; the trainer started on
+  # the same workdir is refused before it compiles, naming the holder, and
+  # leaves the workdir as it was.
+  workdir = tmp_path / "w"
+  lease = leases.Lease(str(workdir))
+  lease.acquire()
+  try:
+    log = tmp_path / "log.txt"
+    proc = start(train_args("base", workdir, bouncing_digits_dir), train_env(""), log)
+    assert proc.wait(timeout=300) == 1
+    (error,) = _error_lines(log.read_text())
+    assert "WorkdirBusyError: Workdir" in error and "in use by another run" in error
+    assert f"pid {os.getpid()}, started at" in error
+    assert os.listdir(workdir) == [leases.NAME]
+    assert lease.held
+  finally:
+    lease.release()
+
+
+def test_a_failed_start_from_another_folder_writes_nothing(tmp_path, compile_cache):
+  # Absolute config path, run from another working directory: the config
+  # loads (its `from configs import common` too); the data is missing, so the
+  # run fails before it starts and leaves no workdir behind (no config.json
+  # to lock it to this network, no event file, no lease).
+  workdir, log = tmp_path / "run", tmp_path / "log.txt"
+  args = train_args("base", workdir, str(tmp_path / "no_data"))
+  args[0] = f"--config={ROOT}/configs/base.py:runlocal"
+  with open(log, "wb") as f:
+    proc = subprocess.run(
+      [sys.executable, "-m", "imagen_video_jax.train", *args],
+      cwd=tmp_path,
+      env=train_env(compile_cache),
+      stdout=f,
+      stderr=subprocess.STDOUT,
+      timeout=300,
+    )
+  assert proc.returncode == 1
+  text = log.read_text()
+  (error,) = _error_lines(text)
+  assert "bouncing_digits" in error and str(tmp_path / "no_data") in error
+  assert "Traceback" not in text
+  assert not workdir.exists()
 
 
 def multihost(args, env, logs, module="imagen_video_jax.train", devices=4) -> None:
