@@ -181,9 +181,12 @@ def open_source(
     decoders = {"video": _EncodedFrames()} if encoded else None
     data = builder.as_data_source(split, decoders=decoders)
   except (tfds.core.DatasetNotFoundError, AssertionError, KeyError) as e:
+    # Its first line: tfds goes on to list every dataset it knows.
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    missing = "" if os.path.isdir(data_dir) else " (no such folder)"
     raise ValueError(
-      f"Dataset {name!r} split {split!r} is not built in {data_dir!r}; build it "
-      f"with: {build_command(name, data_dir)}. Cause: {e}"
+      f"Dataset {name!r} split {split!r} is not built in {data_dir!r}{missing};"
+      f" build it with: {build_command(name, data_dir)}. Cause: {cause}"
     ) from e
   if split not in builder.info.splits:
     raise ValueError(

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,3 +98,24 @@ def test_sample_records_errors_name_file_and_line(tmp_path):
     evaluate.load_samples(str(tmp_path))
   path.write_text(f"\n{good}\n")
   assert evaluate.read_records(str(tmp_path)) == [(2, json.loads(good))]
+
+
+def test_the_binarys_errors_are_one_line(tmp_path):
+  # As the other binaries: exit status 1 and one error line, no traceback.
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "imagen_video_jax.evaluate",
+      f"--samples={tmp_path / 'none'}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,  # From any folder.
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert proc.returncode == 1
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("E")]
+  assert len(errors) == 1 and "ValueError: No samples.jsonl in sample" in errors[0]
+  assert "Traceback" not in proc.stderr

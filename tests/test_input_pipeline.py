@@ -656,3 +656,14 @@ def test_read_error_names_the_file_holding_the_record():
       f"Dataset d/c:1.0.0 split 'train': record {index} ({where}) cannot be "
       "read: RuntimeError: Corrupted record"
     )
+
+
+def test_a_dataset_that_is_not_built_is_one_short_line(tmp_path):
+  missing = str(tmp_path / "no_data")
+  with pytest.raises(ValueError) as e:
+    ip.open_source("bouncing_digits/videos", missing, "train")
+  message = str(e.value)
+  assert f"is not built in {missing!r} (no such folder)" in message
+  assert "tfds build data/bouncing_digits --config=videos" in message
+  # Not tfds's list of every dataset it knows.
+  assert "\n" not in message and "abstract_reasoning" not in message
