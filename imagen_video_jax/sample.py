@@ -5,22 +5,24 @@ r"""Samples videos from text through a cascade of trained stages.
     [--stages=base:tsr1] [--input_video=clip.mp4] [--save_npy] [--overwrite] \
     [--config.stages.base.steps=128]
 
-Reads top to bottom: the cascade and its checks (all before any sampling), the
-prompts and output folder, each stage's EMA parameters, the text embeddings
-(once for all stages), one compiled sampling loop per stage, then the samples,
-batch by batch through every stage. Per sample it writes NNNN.mp4 (H.264 at the
-final stage's fps), NNNN.gif, NNNN.png (contact sheet), with --save_npy
-NNNN.npy (uint8 [T, H, W, 3]), and one line of samples.jsonl (prompt, seed,
-files, per-stage settings, checkpoint step and seconds: its batch's wall time
-per sample; the stages compile before the first batch). Each stage loads its
-newest readable checkpoint (a damaged one is logged and the one before used),
-after checking the stage its meta records. With --overwrite the samples go to
-a temporary sibling folder and replace the previous ones only once all are
-written. Sample i uses the PRNG key of seed + i,
-so `--seed=S+i --num_samples=1` redraws it alone. The batch is data parallel
-over a host's devices; on several hosts (launch/tpu.sh, launch/multihost.sh)
-host h draws samples h, h + n, ... into the same folder, and process 0 writes
-samples.jsonl once all have finished: the files are those of one host.
+Reads top to bottom: the prompts, the cascade and its checks, the input video
+(all before the output folder is made), each stage's EMA parameters, the text
+embeddings (once for all stages), one compiled sampling loop per stage, then
+the samples, batch by batch through every stage. Per sample it writes NNNN.mp4
+(H.264 at the final stage's fps), NNNN.gif, NNNN.png (contact sheet), with
+--save_npy NNNN.npy (uint8 [T, H, W, 3]), and one line of samples.jsonl
+(prompt, seed, files, per-stage settings, checkpoint step and seconds: its
+batch's wall time per sample; the stages compile before the first batch). Each
+stage loads its newest readable checkpoint (a damaged one is logged and the
+one before used), after checking the stage its meta records. With --overwrite
+the samples go to a hidden folder inside the output folder (OUTDIR/.partial:
+its filesystem, so each move is a rename) and replace the previous ones only
+once all are written; a run stopped during that swap has the next one finish
+it. Sample i uses the PRNG key of seed + i, so `--seed=S+i --num_samples=1`
+redraws it alone. The batch is data parallel over a host's devices; on several
+hosts (launch/tpu.sh, launch/multihost.sh) host h draws samples h, h + n, ...
+into the same folder, and process 0 writes samples.jsonl once all have
+finished: the files are those of one host.
 """
 
 import concurrent.futures
@@ -211,18 +213,20 @@ def sample(
   if num_samples < 1:
     raise ValueError(f"--num_samples={num_samples} must be >= 1.")
 
-  # The cascade, all checked and read before anything is written.
+  # The inputs, the cascade, then the output folder: nothing is created before
+  # all are checked. The prompts and the video's probe (a typo or a damaged
+  # file) are cheap, so they go before the checkpoints' restore.
+  prompts = inputs.read_prompts(prompts_path)
+  if input_video:
+    video_io.probe_video(input_video)
   loaded = load_cascade(cascade, stage_spec, from_video=bool(input_video))
   names, configs, settings = loaded.names, loaded.configs, loaded.settings
   logging.info("Cascade: %s", " -> ".join(names))
-
-  # Prompts, output folder, input video.
-  prompts = inputs.read_prompts(prompts_path)
-  outputs.prepare_outdir(outdir, overwrite)
   first_input = None
-  if input_video:
-    frames, _ = video_io.read_video(input_video)
-    first_input = inputs.load_input_video(frames, *stages.input_shape(configs[0]).size)
+  if input_video:  # Only the frames the first stage takes, at its size.
+    size = stages.input_shape(configs[0]).size
+    first_input = inputs.load_input_video(input_video, *size)
+  outputs.prepare_outdir(outdir, overwrite)
 
   # Each stage's mesh over this host's devices (each host samples on its own),
   # its EMA parameters in its compute dtype replicated on every device.

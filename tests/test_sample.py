@@ -18,7 +18,7 @@ from test_train import xla_flags
 
 from configs import common
 from imagen_video_jax import checkpointing, config_utils, sample, video_io
-from imagen_video_jax.cascade import inputs, pipeline, stages
+from imagen_video_jax.cascade import inputs, outputs, pipeline, stages
 from imagen_video_jax.models import t5, tokenizers, video_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -327,17 +327,37 @@ def test_sampling_params_take_the_compute_dtype():
 
 
 def test_input_video_becomes_first_stage_input(tmp_path):
-  """A decoded user video -> evenly spaced frames, resized, in [-1, 1]."""
+  """A user's video file -> evenly spaced frames, resized, in [-1, 1]."""
   video = np.zeros((6, 16, 16, 3), np.uint8)
   video[:, :, :, 0] = (np.arange(6) * 40)[:, None, None]  # Frame t has red 40 t.
   video_io.write_mp4(str(tmp_path / "in.mp4"), video, fps=6)
-  frames, _ = video_io.read_video(str(tmp_path / "in.mp4"))
-  x = inputs.load_input_video(frames, 3, 8, 8)
-  assert x.shape == (3, 8, 8, 3)
+  x = inputs.load_input_video(str(tmp_path / "in.mp4"), 3, 8, 8)
+  assert x.shape == (3, 8, 8, 3) and x.dtype == jnp.float32
   expected = np.array([0, 80, 160]) / 127.5 - 1  # Frames 0, 2, 4.
   np.testing.assert_allclose(x[..., 0].mean(axis=(1, 2)), expected, atol=0.06)
   with pytest.raises(ValueError, match="has 6 frames; need 7"):
-    inputs.load_input_video(frames, 7, 8, 8)
+    inputs.load_input_video(str(tmp_path / "in.mp4"), 7, 8, 8)
+
+
+def test_bad_input_video_fails_before_the_outdir_exists(
+  runlocal_root, tmp_path, prompt_file
+):
+  """The input video is read (and its frames counted) before the output
+  folder is made, and a damaged file's error names ffmpeg's reason."""
+  kw = dict(prompts_path=prompt_file, stage_spec="tsr1")
+  text = tmp_path / "notes.mp4"
+  text.write_text("not a video\n")
+  outdir = tmp_path / "out"
+  with pytest.raises(ValueError, match="notes.mp4.*Invalid data found"):
+    sample.sample(
+      _cascade(runlocal_root), outdir=str(outdir), input_video=str(text), **kw
+    )
+  assert not outdir.exists()
+  short = str(tmp_path / "short.mp4")  # tsr1 takes 2 frames.
+  video_io.write_mp4(short, np.zeros((1, 16, 16, 3), np.uint8), fps=4)
+  with pytest.raises(ValueError, match="short.mp4' has 1 frames; need 2"):
+    sample.sample(_cascade(runlocal_root), outdir=str(outdir), input_video=short, **kw)
+  assert not outdir.exists()
 
 
 @pytest.mark.slow
@@ -465,6 +485,132 @@ def test_each_checkpoint_stage_is_checked_without_config_json(
       outdir=str(tmp_path / "out"),
       stage_spec="base",
     )
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+  """mount(size) -> a fresh tmpfs of `size` (another filesystem than tmp_path),
+  unmounted afterwards; skips the test where mounting is not allowed."""
+  mounted = []
+
+  def mount(size):
+    if os.geteuid() != 0 or not shutil.which("mount"):
+      pytest.skip("Mounting a tmpfs needs root and mount(8); not here.")
+    path = tmp_path / f"mnt{len(mounted)}"
+    path.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+      pytest.skip(f"Cannot mount a tmpfs here: {proc.stderr.strip()}")
+    mounted.append(path)
+    return path
+
+  yield mount
+  for path in mounted:
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def _old_samples(outdir):
+  """Two old samples, their records and a user's note in `outdir` -> bytes."""
+  outdir.mkdir(exist_ok=True)
+  rng = np.random.default_rng(0)
+  old = {"0000.mp4": rng.bytes(3000), "0001.mp4": rng.bytes(3000)}
+  old |= {"samples.jsonl": b'{"index": 0}\n{"index": 1}\n', "notes.txt": b"mine"}
+  for name, data in old.items():
+    (outdir / name).write_bytes(data)
+  return old
+
+
+def _contents(folder):
+  """{name: bytes} of a folder's files (None for a subfolder)."""
+  return {p.name: None if p.is_dir() else p.read_bytes() for p in folder.iterdir()}
+
+
+def _overwrite(outdir, new_files):
+  """An --overwrite run's output folder: writes `new_files`, returns writedir."""
+  outputs.prepare_outdir(str(outdir), overwrite=True)
+  with outputs.output_folder(str(outdir)) as writedir:
+    for name, data in new_files.items():
+      with open(os.path.join(writedir, name), "wb") as f:
+        f.write(data)
+  return writedir
+
+
+def test_overwrite_stages_on_the_outdirs_filesystem(tmp_path):
+  """The new samples are staged inside the folder (a rename away from their
+  place) and replace the old ones; other files stay; nothing is left beside."""
+  outdir = tmp_path / "samples"
+  _old_samples(outdir)
+  new = {"0000.mp4": b"new0", "samples.jsonl": b'{"index": 0}\n'}
+  writedir = _overwrite(outdir, new)
+  assert writedir == str(outdir / outputs.STAGING)
+  assert _contents(outdir) == new | {"notes.txt": b"mine"}  # 0001.mp4 is gone.
+  assert sorted(os.listdir(tmp_path)) == ["samples"]
+
+
+def test_overwrite_into_a_mount_point(tmpfs, tmp_path):
+  """The output folder is its own filesystem: the samples are staged on it, not
+  in its parent (where the final move failed with EXDEV and a later run
+  deleted them)."""
+  outdir = tmpfs("4m")
+  assert os.stat(outdir).st_dev != os.stat(tmp_path).st_dev
+  _old_samples(outdir)
+  new = {"0000.mp4": b"new0", "0001.gif": b"new1", "samples.jsonl": b"{}\n"}
+  _overwrite(outdir, new)
+  assert _contents(outdir) == new | {"notes.txt": b"mine"}
+  assert sorted(os.listdir(tmp_path)) == [outdir.name]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_samples(tmpfs):
+  """No space for the new samples: the error names the file, the old samples
+  stay byte for byte and the staging folder is gone."""
+  outdir = tmpfs("256k")
+  old = _old_samples(outdir)
+  video = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), np.uint8)
+  with pytest.raises(OSError, match=r"Cannot write .*\.partial/000\d\.npy"):
+    outputs.prepare_outdir(str(outdir), overwrite=True)
+    with outputs.output_folder(str(outdir)) as writedir:
+      for i in range(4):  # 100 kB each.
+        video_io.write_sample(writedir, i, video, 4.0, save_npy=True)
+  assert _contents(outdir) == old
+
+
+def test_a_later_run_finishes_an_interrupted_swap(tmp_path):
+  """A run stopped while it moved its samples in: the next --overwrite run
+  moves the rest in first, so they survive even when that run fails."""
+  outdir = tmp_path / "samples"
+  _old_samples(outdir)
+  staging = outdir / outputs.STAGING
+  staging.mkdir()  # As the stopped run left it: 0000.mp4 moved, 0002.mp4 not.
+  (outdir / "0000.mp4").write_bytes(b"new0")
+  (staging / "0002.mp4").write_bytes(b"new2")
+  (staging / "samples.jsonl").write_bytes(b"new records")
+  (staging / ".staged.json").write_text('["0000.mp4", "0002.mp4", "samples.jsonl"]')
+  recovered = {
+    "0000.mp4": b"new0",
+    "0002.mp4": b"new2",
+    "samples.jsonl": b"new records",
+    "notes.txt": b"mine",
+  }
+  with (
+    pytest.raises(RuntimeError, match="stopped"),
+    outputs.output_folder(str(outdir)) as writedir,
+  ):
+    assert _contents(outdir) == recovered | {outputs.STAGING: None}
+    with open(os.path.join(writedir, "0000.mp4"), "wb") as f:
+      f.write(b"newer")
+    raise RuntimeError("stopped")
+  assert _contents(outdir) == recovered
+  # A run stopped before it had written all its samples: those are dropped.
+  staging.mkdir()
+  (staging / "0005.mp4").write_bytes(b"half")
+  with (
+    pytest.raises(RuntimeError, match="stopped"),
+    outputs.output_folder(str(outdir)) as writedir,
+  ):
+    assert os.listdir(writedir) == []
+    raise RuntimeError("stopped")
+  assert _contents(outdir) == recovered
 
 
 @pytest.mark.slow

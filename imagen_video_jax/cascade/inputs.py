@@ -9,7 +9,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from imagen_video_jax import video_io
 
 
 def read_prompts(path: str) -> list[str]:
@@ -58,25 +59,30 @@ def warn_truncated(prompts: list[str], tokenizer: Any) -> int:
   return truncated
 
 
-def load_input_video(
-  video: np.ndarray, frames: int, height: int, width: int
-) -> jax.Array:
-  """A user video as a first SR stage's input (paper Sec. 4: SR as a general
-  video super-resolver).
+def load_input_video(path: str, frames: int, height: int, width: int) -> jax.Array:
+  """A user's video file as a first SR stage's input (paper Sec. 4: SR as a
+  general video super-resolver).
+
+  Only the frames the stage takes are decoded, already resized (see
+  `video_io.read_frames`), so a long or large video costs no more memory than
+  the stage's input.
 
   Args:
-    video: uint8 [T0, H0, W0, 3] decoded frames.
-    frames, height, width: the stage's input shape; T0 >= frames.
+    path: the video file (anything ffmpeg reads).
+    frames, height, width: the stage's input shape; the video needs at least
+      `frames` frames.
 
   Returns:
     float32 [frames, height, width, 3] in [-1, 1]: `frames` evenly spaced
-    frames, resized bilinearly (antialiased) to height x width.
+    frames (frame i is stored frame (i * T) // frames of T), resized bilinearly
+    (antialiased) to height x width.
+
+  Raises:
+    ValueError: if the file is missing, cannot be decoded (naming ffmpeg's
+      reason) or has fewer than `frames` frames.
   """
-  if video.shape[0] < frames:
-    raise ValueError(f"Input video has {video.shape[0]} frames; need {frames}.")
-  idx = (np.arange(frames) * video.shape[0]) // frames
-  x = jnp.asarray(video[idx], jnp.float32) / 127.5 - 1.0
-  return jax.image.resize(x, (frames, height, width, 3), "bilinear", antialias=True)
+  video = video_io.read_frames(path, frames, height, width)
+  return jnp.asarray(video, jnp.float32) / 127.5 - 1.0
 
 
 def padded_batch(batch_size: int, num_devices: int) -> int:
