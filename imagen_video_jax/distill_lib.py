@@ -253,7 +253,7 @@ def make_distill_step(
     batch_sharding: sharding constraint of the batch's activations.
 
   The step's int32 scalars: `round_start` (the round's first global step, for
-  the learning rate) and `steps` (the student's N, halving only). Randomness
+  the learning rate and the EMA's warm-up) and `steps` (the student's N, halving only). Randomness
   is `fold_in(seed, step)` as in training, so a resumed round repeats the
   uninterrupted one exactly. Teacher and student see the same text, the same
   SR conditioning at the same lambda' and the same w ~ U[w_min, w_max].
@@ -300,7 +300,7 @@ def make_distill_step(
       target = distillation.guided_x(x_both[:b], x_both[b:], w)
       loss_name = diffusion.loss
     else:  # Stage two: one student step = two teacher DDIM steps.
-      logsnr, logsnr_mid, logsnr_s = distillation.student_logsnrs(
+      logsnr, logsnr_mid, logsnr_s, last = distillation.student_logsnrs(
         rng_t, b, steps, logsnr_fn
       )
       z = schedules.diffuse(x, logsnr, noise)
@@ -311,7 +311,9 @@ def make_distill_step(
         )
         return guidance.threshold(to_x(out, z_, l_), d.thresholding)
 
-      target = distillation.two_step_target(teacher_x, z, logsnr, logsnr_mid, logsnr_s)
+      target = distillation.two_step_target(
+        teacher_x, z, logsnr, logsnr_mid, logsnr_s, last
+      )
       loss_name = d.loss
     target = jax.lax.stop_gradient(target)
     eps_target = param_lib.eps_from_x(z, target, logsnr)
@@ -338,7 +340,12 @@ def make_distill_step(
       return per_example.mean(), per_example
 
     new, loss, per_example, metrics = train_lib.update_state(
-      state, loss_fn, tx, ema_decay=config.ema_decay, remat=config.remat
+      state,
+      loss_fn,
+      tx,
+      ema_decay=config.ema_decay,
+      remat=config.remat,
+      ema_step=state["step"] - round_start,  # Each round's EMA warms up anew.
     )
     sums, counts = train_lib.bucket_sums(per_example, logsnr)
     metrics.update(

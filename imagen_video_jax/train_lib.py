@@ -241,11 +241,14 @@ def update_state(
   *,
   ema_decay: float,
   remat: str,
+  ema_step: jax.Array | None = None,
 ) -> tuple[dict[str, Any], jax.Array, Any, dict[str, jax.Array]]:
   """One optimizer step on `loss_fn(params) -> (loss, aux)`.
 
-  Clipped AdamW, then the EMA. A non-finite loss, gradient or update leaves
-  params, optimizer state and EMA untouched.
+  Clipped AdamW, then the EMA, whose decay warms up with `ema_step` (default
+  the state's step; a distillation round counts from its own start). A
+  non-finite loss, gradient or update leaves params, optimizer state and EMA
+  untouched.
 
   Returns:
     (state with new params, opt_state, ema_params and step + 1; the loss; aux;
@@ -260,7 +263,12 @@ def update_state(
   new = dict(
     params=params,
     opt_state=opt_state,
-    ema_params=ema_update(state["ema_params"], params, ema_decay, state["step"]),
+    ema_params=ema_update(
+      state["ema_params"],
+      params,
+      ema_decay,
+      state["step"] if ema_step is None else ema_step,
+    ),
   )
   grad_norm = optax.global_norm(grads)
   finite = (

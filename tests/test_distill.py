@@ -88,15 +88,80 @@ def test_one_ddim_step_to_the_target_lands_on_two_teacher_steps():
   )
 
 
+def test_the_last_steps_target_is_the_teachers_x_hat_as_in_the_reference():
+  # Salimans & Ho's reference (diffusion_distillation/dpm.py), written out
+  # independently: two teacher DDIM steps from z_t; the x implied by where
+  # they land; at t'' = 0 the second step's x_hat instead.
+  logsnr_fn = schedules.get_logsnr_fn("cosine", -20.0, 8.0)  # The demo's lambda_max.
+  n = 4
+  i = jnp.array([1, 2, 4, 1])  # Steps t = i / n; i = 1 ends at t'' = 0.
+  t = i / n
+  lt, lm, ls = logsnr_fn(t), logsnr_fn(t - 0.5 / n), logsnr_fn(t - 1.0 / n)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.standard_normal((4, 3, 2)), jnp.float32)
+
+  def teacher_x(z_, logsnr):
+    return jnp.tanh(z_ * (1 + 0.1 * schedules.expand_to(logsnr, z_)))
+
+  def reference(z, l_t, l_mid, l_s, i):
+    sig = lambda lam: jax.nn.sigmoid(lam)[:, None, None]  # noqa: E731
+    x = teacher_x(z, l_t)
+    eps = (z - jnp.sqrt(sig(l_t)) * x) / jnp.sqrt(sig(-l_t))
+    z_mid = jnp.sqrt(sig(l_mid)) * x + jnp.sqrt(sig(-l_mid)) * eps
+    x = teacher_x(z_mid, l_mid)
+    eps = (z_mid - jnp.sqrt(sig(l_mid)) * x) / jnp.sqrt(sig(-l_mid))
+    z_teacher = jnp.sqrt(sig(l_s)) * x + jnp.sqrt(sig(-l_s)) * eps
+    frac = jnp.exp(0.5 * (jax.nn.softplus(l_t) - jax.nn.softplus(l_s)))[:, None, None]
+    x_target = (z_teacher - frac * z) / (jnp.sqrt(sig(l_s)) - frac * jnp.sqrt(sig(l_t)))
+    return jnp.where((i == 1)[:, None, None], x, x_target)
+
+  got = distillation.two_step_target(teacher_x, z, lt, lm, ls, i == 1)
+  np.testing.assert_allclose(got, reference(z, lt, lm, ls, i), rtol=1e-5, atol=1e-5)
+  # At t'' = 0 it is exactly the teacher's second x_hat; the DDIM landing to
+  # lambda(0) = 8 differs from it by a visible margin.
+  z_mid = distillation.ddim_step(teacher_x(z, lt), z, lt, lm)
+  np.testing.assert_array_equal(got[0], teacher_x(z_mid, lm)[0])
+  landing = distillation.two_step_target(teacher_x, z, lt, lm, ls)
+  assert np.max(np.abs(landing[0] - got[0])) > 1e-3
+  np.testing.assert_array_equal(landing[1:3], got[1:3])  # Inside: unchanged.
+
+
+def test_each_rounds_ema_warms_up_from_its_own_start():
+  # A halving round starting at global step 40: its first update's EMA decay
+  # is the warm-up's first, min(decay, 1 / 10), not that of step 40.
+  config, model, _, student = _student()
+  tx, lr_fn = optimizers.make_optimizer(config.distill.optim, 100)
+  ema = jax.tree.map(lambda p: p + 1.0, student)
+  state = dict(
+    step=jnp.full((), 40, jnp.int32),
+    params=student,
+    ema_params=ema,
+    teacher_params=student,
+    opt_state=tx.init(student),
+  )
+  step = jax.jit(distill_lib.make_distill_step(config, model, tx, lr_fn, "halving"))
+  batch = jax.tree.map(jnp.asarray, train_lib.synthetic_batch(config, 2, seed=1))
+  new, metrics = step(state, batch, None, np.int32(40), np.int32(4))
+  assert metrics["finite"]
+  d = min(config.ema_decay, 0.1)
+  want = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, new["params"])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    new["ema_params"],
+    want,
+  )
+
+
 def test_student_grid_is_the_samplers_grid():
   logsnr_fn = schedules.get_logsnr_fn("cosine")
-  lt, lm, ls = distillation.student_logsnrs(jax.random.key(0), 512, 4, logsnr_fn)
+  lt, lm, ls, last = distillation.student_logsnrs(jax.random.key(0), 512, 4, logsnr_fn)
   t = schedules.cosine_t(lt)
   np.testing.assert_allclose(
     sorted(set(np.round(np.asarray(t), 4))), [0.25, 0.5, 0.75, 1]
   )
   np.testing.assert_allclose(schedules.cosine_t(lm), t - 0.125, atol=1e-4)
   np.testing.assert_allclose(schedules.cosine_t(ls), t - 0.25, atol=1e-4)
+  np.testing.assert_array_equal(last, np.isclose(t, 0.25, atol=1e-4))
 
 
 def test_rounds_and_what_each_checkpoint_samples_with():
@@ -226,7 +291,7 @@ def test_halving_round_matches_two_teacher_steps_better():
     cond = _cond(config, batch)
     b = batch["video"].shape[0]
     logsnr_fn = schedules.get_logsnr_fn("cosine")
-    lt, lm, ls = distillation.student_logsnrs(jax.random.key(5), b, 4, logsnr_fn)
+    lt, lm, ls, last = distillation.student_logsnrs(jax.random.key(5), b, 4, logsnr_fn)
     z = schedules.diffuse(
       batch["video"], lt, jax.random.normal(jax.random.key(9), batch["video"].shape)
     )
@@ -235,7 +300,7 @@ def test_halving_round_matches_two_teacher_steps_better():
     def teacher_x(z_, l_):
       return guidance.threshold(_x(model, teacher, z_, l_, cond, ws), "dynamic")
 
-    target = distillation.two_step_target(teacher_x, z, lt, lm, ls)
+    target = distillation.two_step_target(teacher_x, z, lt, lm, ls, last)
     return jnp.mean(jnp.square(_x(model, params, z, lt, cond, ws) - target))
 
   before, after, _ = _learn("halving", error, w_min=1.0, w_max=1.0)
