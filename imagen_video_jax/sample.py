@@ -38,7 +38,6 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from imagen_video_jax import (
   checkpointing,
@@ -49,7 +48,7 @@ from imagen_video_jax import (
 from imagen_video_jax.cascade import inputs, outputs, pipeline, stages
 from imagen_video_jax.models import text_encoder
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cascade.py:VARIANT")
+_CONFIG = config_utils.define_config_flag("configs/cascade.py:VARIANT")
 _PROMPTS = flags.DEFINE_string("prompts", None, "Prompt file: one prompt per line.")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Folder the samples are written to.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")

@@ -17,7 +17,11 @@ fault in a fresh workdir, restarting after each fault until the run finishes:
                 and one error line), grown, then a restart (skipped where a
                 tmpfs cannot be mounted);
   refused       the finished reference restarted with another model (expect
-                1, one error line, the workdir unchanged).
+                1, one error line, the workdir unchanged);
+  double_launch the same command twice on one workdir (expect the second
+                refused within seconds, naming the first, which finishes);
+  damaged_data  2 KB of random bytes in a train file (expect 1 and one line
+                naming the file and record), repaired, then a restart.
 
 Per fault it prints the exit statuses, whether the run finished, whether
 every loss it logged equals the reference's bitwise, whether a file was lost
@@ -45,6 +49,19 @@ _STEPS = flags.DEFINE_integer("steps", 30, "Training steps of each run.")
 _CKPT_EVERY = flags.DEFINE_integer("ckpt_every", 10, "Steps between checkpoints.")
 _KILLS = flags.DEFINE_integer("kills", 3, "SIGKILLs per kill fault.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
+FAULTS = (
+  "sigkill",
+  "sigkill_save",
+  "sigterm",
+  "sigint",
+  "sigterm_start",
+  "damaged",
+  "full_disk",
+  "double_launch",
+  "damaged_data",
+  "refused",
+)
+_FAULTS = flags.DEFINE_list("faults", list(FAULTS), "The faults to drill (all).")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -190,6 +207,9 @@ def verdict(name, workdir, statuses, logs, reference, note="", extra_saves=()) -
 def main(argv: list[str]) -> None:
   del argv
   rng = random.Random(_SEED.value)
+  want = set(_FAULTS.value)
+  if want - set(FAULTS):
+    raise app.UsageError(f"Unknown --faults {sorted(want - set(FAULTS))}; of {FAULTS}.")
   root = tempfile.mkdtemp(prefix="faults.")
   data_dir = os.path.join(root, "tfds")
   for config in ("videos", "images"):
@@ -216,6 +236,8 @@ def main(argv: list[str]) -> None:
 
   # SIGKILL at random steps after the first, or while a checkpoint is written.
   for name in ("sigkill", "sigkill_save"):
+    if name not in want:
+      continue
     w, statuses, logs = workdir(name), [], []
     for _ in range(_KILLS.value):
       left = total - latest_step(w)
@@ -237,6 +259,8 @@ def main(argv: list[str]) -> None:
 
   # SIGTERM and SIGINT after a random step, then a restart.
   for name, signum in (("sigterm", signal.SIGTERM), ("sigint", signal.SIGINT)):
+    if name not in want:
+      continue
     w = workdir(name)
     proc, log1 = drill.start(w)
     target = rng.randint(2, total - 2)
@@ -249,69 +273,105 @@ def main(argv: list[str]) -> None:
     verdict(name, w, [first, status], [log1, log2], reference, note, [saved])
 
   # SIGTERM during start-up: nothing to save, exit at once.
-  w = workdir("sigterm_start")
-  proc, log1 = drill.start(w)
-  wait_until(lambda: "Load dataset info" in read(log1), proc)
-  sent = time.time()
-  proc.send_signal(signal.SIGTERM)
-  first = proc.wait()
-  seconds = time.time() - sent
-  status, log2 = drill.run(w)
-  note = f"exited {seconds:.1f} s after the signal"
-  verdict("sigterm_start", w, [first, status], [log1, log2], reference, note)
+  if "sigterm_start" in want:
+    w = workdir("sigterm_start")
+    proc, log1 = drill.start(w)
+    wait_until(lambda: "Load dataset info" in read(log1), proc)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    first = proc.wait()
+    seconds = time.time() - sent
+    status, log2 = drill.run(w)
+    note = f"exited {seconds:.1f} s after the signal"
+    verdict("sigterm_start", w, [first, status], [log1, log2], reference, note)
 
   # The latest checkpoint damaged (its largest files truncated).
-  w = workdir("damaged")
-  shutil.copytree(reference["workdir"], w)
-  for item in ("state", "ema_params"):
-    files = glob.glob(
-      os.path.join(w, "checkpoints", str(total), item, "**"), recursive=True
-    )
-    with open(
-      max((p for p in files if os.path.isfile(p)), key=os.path.getsize), "r+b"
-    ) as f:
-      f.truncate(10)
-  status, log = drill.run(w)
-  aside = os.listdir(os.path.join(w, "damaged_checkpoints"))
-  verdict("damaged", w, [status], [log], reference, f"kept aside: {aside}")
+  if "damaged" in want:
+    w = workdir("damaged")
+    shutil.copytree(reference["workdir"], w)
+    for item in ("state", "ema_params"):
+      files = glob.glob(
+        os.path.join(w, "checkpoints", str(total), item, "**"), recursive=True
+      )
+      with open(
+        max((p for p in files if os.path.isfile(p)), key=os.path.getsize), "r+b"
+      ) as f:
+        f.truncate(10)
+    status, log = drill.run(w)
+    aside = os.listdir(os.path.join(w, "damaged_checkpoints"))
+    verdict("damaged", w, [status], [log], reference, f"kept aside: {aside}")
 
   # A full disk: a tmpfs smaller than one checkpoint, then grown.
-  w = os.path.join(root, "tmpfs")
-  os.makedirs(w)
-  mounted = subprocess.run(
-    ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", w], capture_output=True
-  )
-  if mounted.returncode:
-    why = mounted.stderr.decode(errors="replace").strip() or "mount failed"
-    print(f"full_disk     | skipped: cannot mount a tmpfs here ({why})")
-  else:
-    try:
-      first, log1 = drill.run(os.path.join(w, "run"))
-      subprocess.run(["mount", "-o", "remount,size=64m", w], check=True)
-      status, log2 = drill.run(os.path.join(w, "run"))
-      verdict(
-        "full_disk",
-        os.path.join(w, "run"),
-        [first, status],
-        [log1, log2],
-        reference,
-      )
-    finally:
-      shutil.copytree(w, workdir("full_disk"))  # Kept for inspection.
-      subprocess.run(["umount", w], check=False)
+  if "full_disk" in want:
+    w = os.path.join(root, "tmpfs")
+    os.makedirs(w)
+    mounted = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", w], capture_output=True
+    )
+    if mounted.returncode:
+      why = mounted.stderr.decode(errors="replace").strip() or "mount failed"
+      print(f"full_disk     | skipped: cannot mount a tmpfs here ({why})")
+    else:
+      try:
+        first, log1 = drill.run(os.path.join(w, "run"))
+        subprocess.run(["mount", "-o", "remount,size=64m", w], check=True)
+        status, log2 = drill.run(os.path.join(w, "run"))
+        verdict(
+          "full_disk",
+          os.path.join(w, "run"),
+          [first, status],
+          [log1, log2],
+          reference,
+        )
+      finally:
+        shutil.copytree(w, workdir("full_disk"))  # Kept for inspection.
+        subprocess.run(["umount", w], check=False)
+
+  # The same command launched twice on one workdir (a user, or a scheduler
+  # that thinks the first died): the second is refused at once, naming the
+  # first, which goes on unharmed.
+  if "double_launch" in want:
+    w = workdir("double_launch")
+    proc, log1 = drill.start(w)
+    wait_until(lambda: steps_logged(log1) >= 1, proc)
+    sent = time.time()
+    second, log2 = drill.run(w)
+    seconds, first = time.time() - sent, proc.wait()
+    note = f"second refused after {seconds:.1f} s"
+    verdict("double_launch", w, [second, first], [log2, log1], reference, note)
+
+  # A damaged train file: 2 KB of random bytes in the middle of one. The run
+  # stops with the file and record named; repaired, the run resumes.
+  if "damaged_data" in want:
+    w = workdir("damaged_data")
+    (path,) = glob.glob(
+      os.path.join(data_dir, "bouncing_digits", "videos", "*", "*train*")
+    )
+    shutil.copy(path, os.path.join(root, "backup.array_record"))
+    with open(path, "r+b") as f:
+      f.seek(os.path.getsize(path) // 2)
+      f.write(random.Random(0).randbytes(2048))
+    first, log1 = drill.run(w)
+    shutil.copy(os.path.join(root, "backup.array_record"), path)
+    status, log2 = drill.run(w)
+    errors, _ = complaints([log1])
+    note = errors[0] if errors else "(no error named)"
+    verdict("damaged_data", w, [first, status], [log1, log2], reference, note)
 
   # A refused restart: another model on the finished reference.
-  w = workdir("refused")
-  shutil.copytree(reference["workdir"], w)
-  before = tree_digest(w)
-  status, log = drill.run(w, "--config.model.base_channels=16")
-  unchanged = tree_digest(w) == before
-  errors, tracebacks = complaints([log])
-  print(
-    f"refused       | {status:<11} | refused  | n/a            |"
-    f" {'none' if unchanged else 'CHANGED':6} | {len(errors)} / {tracebacks:7} |"
-    f" {errors[0] if errors else ''}"
-  )
+  if "refused" in want:
+    w = workdir("refused")
+    shutil.copytree(reference["workdir"], w)
+    before = tree_digest(w)
+    status, log = drill.run(w, "--config.model.base_channels=16")
+    unchanged = tree_digest(w) == before
+    errors, tracebacks = complaints([log])
+    print(
+      f"refused       | {status:<11} | refused  | n/a            |"
+      f" {'none' if unchanged else 'CHANGED':6} | {len(errors)} / {tracebacks:7} |"
+      f" {errors[0] if errors else ''}"
+    )
+
   print(f"{drill.runs} runs in {time.time() - t0:.0f} s; logs and workdirs in {root}")
 
 
