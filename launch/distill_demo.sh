@@ -52,4 +52,4 @@ $PY -m imagen_video_jax.sample \
   --config="configs/cascade.py:demo,distilled=all,workdir_root=$RUN" \
   --prompts="$RUN/prompts.txt" --outdir="$RUN/samples_distilled" --save_npy --overwrite
 $PY -m imagen_video_jax.evaluate --samples="$RUN/samples_distilled" \
-  --reference=bouncing_digits:test --metrics=alignment,fvd
+  --reference=bouncing_digits:test --metrics=alignment,frames,fvd

@@ -39,6 +39,6 @@ for row in $ROWS; do
   $PY -m imagen_video_jax.sample --config="configs/cascade.py:demo,$options" $flags \
     --prompts="$PROMPTS" --outdir="$OUT/$row" --save_npy --overwrite
   $PY -m imagen_video_jax.evaluate --samples="$OUT/$row" \
-    --reference=bouncing_digits:test --metrics=alignment,fvd
+    --reference=bouncing_digits:test --metrics=alignment,frames,fvd
 done
 $PY -m imagen_video_jax.demo table --run="$OUT"

@@ -147,6 +147,9 @@ def test_table1_rows_count_model_evaluations_and_seconds(tmp_path):
     metrics = {
       f"alignment/{p}": {"samples": 0.5, "ground_truth": 0.9} for p in demo._PARTS
     }
+    metrics.update(
+      {k: {"samples": 0.25, "ground_truth": 0.75} for k in demo._FRAME_COLUMNS}
+    )
     metrics["fvd"] = {"samples": 123.4}
     (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
   rows = demo.table(str(tmp_path)).splitlines()
@@ -155,3 +158,5 @@ def test_table1_rows_count_model_evaluations_and_seconds(tmp_path):
   assert a[1:3] == ["256/128", "w=2"] and b[1] == "8/8"
   assert a[-1] == "640 |" and b[-1] == "16 |"  # 2 * 256 + 128; 8 + 8.
   assert a[-2] == "64.0" and a[-3] == "123.4"  # 64 * mean(0.5, 1.5) seconds.
+  assert a[-6:-3] == ["0.250"] * 3  # The per-frame columns.
+  assert rows[-1].split(" | ")[-6:-3] == ["0.750"] * 3

@@ -13,6 +13,7 @@ from absl.testing import flagsaver
 from imagen_video_jax import bouncing_digits as bd
 from imagen_video_jax import evaluate, video_io
 from imagen_video_jax.metrics import alignment
+from imagen_video_jax.metrics import frames as frame_stats
 
 
 def _wrong_colour(caption: str) -> str:
@@ -119,3 +120,46 @@ def test_the_binarys_errors_are_one_line(tmp_path):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("E")]
   assert len(errors) == 1 and "ValueError: No samples.jsonl in sample" in errors[0]
   assert "Traceback" not in proc.stderr
+
+
+def test_one_damaged_frame_index_is_caught_where_the_clip_vote_hides_it():
+  # 40 ground-truth clips (16x32x32) as samples, damaged at two frame indices:
+  # frame 15 of each replaced by frame 15 of another clip (its digit, most
+  # often another), frame 9 drawn 1.6x brighter. The clip-level digit vote
+  # barely moves; the per-frame rows name both indices.
+  videos, captions = alignment.reference_videos("test", 40, 16, 32, 32)
+  damaged = videos.copy()
+  damaged[:, 15] = np.roll(videos[:, 15], 1, axis=0)
+  damaged[:, 9] = np.clip(videos[:, 9].astype(np.float32) * 1.6, 0, 255)
+  rows = evaluate.evaluate(
+    damaged, captions, (videos, captions), ["alignment", "frames"]
+  )
+  truth = rows["alignment/digit"]["ground_truth"]
+  assert rows["alignment/digit"]["samples"] >= truth - 0.05
+  digit = [rows[f"frames/digit/{k}"]["samples"] for k in range(16)]
+  assert digit[15] < 0.4 and min(digit[:15]) >= 0.8, digit
+  assert rows["frames/digit/worst"]["samples"] == digit[15]
+  intensity = [rows[f"frames/intensity/{k}"]["samples"] for k in range(16)]
+  assert intensity[9] > 1.3 and max(abs(i - 1) for i in intensity[:9]) < 0.1
+  assert rows["frames/intensity/worst"]["samples"] > 0.3
+  assert rows["frames/intensity/worst"]["ground_truth"] < 0.1
+  neighbours = [rows[f"frames/neighbours/{k}"]["samples"] for k in range(16)]
+  truth_neighbours = [rows[f"frames/neighbours/{k}"]["ground_truth"] for k in range(16)]
+  odd = [abs(a - b) for a, b in zip(neighbours, truth_neighbours)]
+  # The damaged frames stand out, and by half as much their neighbours.
+  assert np.argmax(odd) == 15 and odd[9] > 3 * max(odd[k] for k in range(1, 7)), odd
+  table = evaluate.format_table(rows)
+  assert "frames/digit/worst" in table and "\n15 " in table
+
+
+def test_frame_profile_against_a_hand_computed_one():
+  # Uniform frames of 10, 20, 40, 40: distances to the neighbours' mean 10
+  # (one neighbour at the ends), 5, 10, 0, median 7.5; means over median 30.
+  videos = np.broadcast_to(
+    np.array([10, 20, 40, 40], np.uint8)[None, :, None, None, None], (2, 4, 3, 3, 3)
+  )
+  profile = frame_stats.profile(videos)
+  np.testing.assert_allclose(profile["neighbours"], [4 / 3, 2 / 3, 4 / 3, 0], rtol=1e-6)
+  np.testing.assert_allclose(
+    profile["intensity"], [1 / 3, 2 / 3, 4 / 3, 4 / 3], rtol=1e-6
+  )

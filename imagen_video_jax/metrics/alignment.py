@@ -167,7 +167,8 @@ def judge(videos: np.ndarray) -> dict[str, list]:
   Returns:
     dict of lists of N: 'digit' int (-1: no foreground), 'colour' str | None,
     'axis' str | None (None: no foreground in some frame, or no motion),
-    'consistency' float in [0, 1] (frames whose digit is the majority's).
+    'consistency' float in [0, 1] (frames whose digit is the majority's),
+    'frame_digit' int [T] per video (each frame's own digit, -1: empty).
   """
   if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
     raise ValueError(
@@ -213,6 +214,7 @@ def judge(videos: np.ndarray) -> dict[str, list]:
     "colour": colours,
     "axis": axes,
     "consistency": consistency,
+    "frame_digit": per_frame.astype(int).tolist(),
   }
 
 
@@ -228,6 +230,22 @@ def alignment(videos: np.ndarray, prompts: list[str]) -> dict[str, float]:
     'consistency', the mean fraction of a video's frames showing its majority
     digit (ground truth about 1).
   """
+  return alignment_and_frames(videos, prompts)[0]
+
+
+def alignment_and_frames(
+  videos: np.ndarray, prompts: list[str]
+) -> tuple[dict[str, float], np.ndarray]:
+  """`alignment`'s scores, and each frame index's digit accuracy alone.
+
+  The clip's digit is a vote of its frames, which hides a frame index that is
+  often wrong (an extrapolated last frame, the frames a TSR stage fills in):
+  the second output judges every frame by itself.
+
+  Returns:
+    (scores, frame_digit float [T]: the fraction of videos whose frame k
+    alone shows the prompt's digit).
+  """
   if len(prompts) != len(videos):
     raise ValueError(f"{len(prompts)} prompts for {len(videos)} videos.")
   wanted = [dict(zip(("colour", "digit", "axis"), parse_prompt(p))) for p in prompts]
@@ -238,4 +256,6 @@ def alignment(videos: np.ndarray, prompts: list[str]) -> dict[str, float]:
   scores = {"all": float(np.mean(hits["digit"] & hits["colour"] & hits["axis"]))}
   scores.update({part: float(np.mean(h)) for part, h in hits.items()})
   scores["consistency"] = float(np.mean(seen["consistency"]))
-  return scores
+  digits = np.array([w["digit"] for w in wanted])
+  frame_digit = (np.array(seen["frame_digit"]) == digits[:, None]).mean(axis=0)
+  return scores, frame_digit
