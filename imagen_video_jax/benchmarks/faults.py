@@ -21,7 +21,12 @@ fault in a fresh workdir, restarting after each fault until the run finishes:
   double_launch the same command twice on one workdir (expect the second
                 refused within seconds, naming the first, which finishes);
   damaged_data  2 KB of random bytes in a train file (expect 1 and one line
-                naming the file and record), repaired, then a restart.
+                naming the file and record), repaired, then a restart;
+  cross_device_outdir  the sampler with --overwrite into a folder that is a
+                mount point (expect the new samples in place, nothing
+                stranded; skipped where a tmpfs cannot be mounted);
+  long_video    the sampler's peak memory on 20 s of 1080p as tsr1's input
+                video, against a 64x64 clip's (expect the same).
 
 Per fault it prints the exit statuses, whether the run finished, whether
 every loss it logged equals the reference's bitwise, whether a file was lost
@@ -31,6 +36,7 @@ restart), and the error lines and tracebacks of its logs.
 
 import glob
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -40,6 +46,7 @@ import sys
 import tempfile
 import time
 
+import imageio_ffmpeg
 from absl import app, flags
 
 from imagen_video_jax import data_build, run_lib
@@ -59,6 +66,8 @@ FAULTS = (
   "full_disk",
   "double_launch",
   "damaged_data",
+  "cross_device_outdir",
+  "long_video",
   "refused",
 )
 _FAULTS = flags.DEFINE_list("faults", list(FAULTS), "The faults to drill (all).")
@@ -106,6 +115,35 @@ class Drill:
     proc, log = self.start(workdir, *overrides)
     return proc.wait(), log
 
+  def binary(self, module: str, *args: str) -> tuple[int, str, float]:
+    """Runs `python -m module args`: (status, log, peak RSS in GB)."""
+    self.runs += 1
+    log = os.path.join(self.root, f"log{self.runs}.txt")
+    with open(log, "wb") as f:
+      proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=_ROOT,
+        env=self.env,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+      )
+    _, status, usage = os.wait4(proc.pid, 0)  # This child's own peak.
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, log, usage.ru_maxrss / 2**20
+
+  def sample(self, cascade: str, outdir: str, *args: str) -> tuple[int, str, float]:
+    """The sampler on the runlocal cascade of folder `cascade`, 2 prompts."""
+    prompts = os.path.join(self.root, "prompts.txt")
+    with open(prompts, "w") as f:
+      f.write("the digit 3 moving left\nthe digit 7 moving up\n")
+    return self.binary(
+      "imagen_video_jax.sample",
+      f"--config=configs/cascade.py:runlocal,workdir_root={cascade}",
+      f"--prompts={prompts}",
+      f"--outdir={outdir}",
+      *args,
+    )
+
 
 def read(path: str) -> str:
   with open(path, errors="replace") as f:
@@ -140,6 +178,20 @@ def latest_step(workdir: str) -> int:
     [int(p) for p in os.listdir(ckpts) if p.isdigit()] if os.path.isdir(ckpts) else []
   )
   return max(steps, default=0)
+
+
+def mount_tmpfs(folder: str, size: str, fault: str) -> bool:
+  """Creates `folder` and mounts a tmpfs of `size` there; False (and the
+  fault's row says why it is skipped) where that is not allowed."""
+  os.makedirs(folder)
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+    capture_output=True,
+  )
+  if mounted.returncode:
+    why = mounted.stderr.decode(errors="replace").strip() or "mount failed"
+    print(f"{fault:13} | skipped: cannot mount a tmpfs here ({why})")
+  return mounted.returncode == 0
 
 
 def tree_digest(path: str) -> str:
@@ -304,14 +356,7 @@ def main(argv: list[str]) -> None:
   # A full disk: a tmpfs smaller than one checkpoint, then grown.
   if "full_disk" in want:
     w = os.path.join(root, "tmpfs")
-    os.makedirs(w)
-    mounted = subprocess.run(
-      ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", w], capture_output=True
-    )
-    if mounted.returncode:
-      why = mounted.stderr.decode(errors="replace").strip() or "mount failed"
-      print(f"full_disk     | skipped: cannot mount a tmpfs here ({why})")
-    else:
+    if mount_tmpfs(w, "2500k", "full_disk"):
       try:
         first, log1 = drill.run(os.path.join(w, "run"))
         subprocess.run(["mount", "-o", "remount,size=64m", w], check=True)
@@ -357,6 +402,74 @@ def main(argv: list[str]) -> None:
     errors, _ = complaints([log1])
     note = errors[0] if errors else "(no error named)"
     verdict("damaged_data", w, [first, status], [log1, log2], reference, note)
+
+  # The sampler: a runlocal cascade of the reference (base) and a 2-step tsr1.
+  cascade = os.path.join(root, "cascade")
+  if {"cross_device_outdir", "long_video"} & want:
+    os.makedirs(cascade)
+    os.symlink(reference["workdir"], os.path.join(cascade, "base"))
+    status, log, _ = drill.binary(
+      "imagen_video_jax.train",
+      "--config=configs/tsr1.py:runlocal",
+      f"--workdir={cascade}/tsr1",
+      f"--config.data.data_dir={data_dir}",
+      "--config.batch_size=4",
+      "--config.total_steps=2",
+      "--config.optim.warmup_steps=1",
+    )
+    assert status == 0, f"the tsr1 run failed ({status}); see {log}"
+
+  # --overwrite into an output folder that is a mount point (a tmpfs): the new
+  # samples are staged on its filesystem, so the final moves cannot fail.
+  if "cross_device_outdir" in want:
+    out = os.path.join(root, "mounted_samples")
+    if mount_tmpfs(out, "64m", "cross_device"):
+      try:
+        first, log1, _ = drill.sample(cascade, out, "--stages=base", "--seed=0")
+        before = tree_digest(out)
+        second, log2, _ = drill.sample(
+          cascade, out, "--stages=base", "--seed=1", "--overwrite"
+        )
+        with open(os.path.join(out, "samples.jsonl")) as f:
+          seeds = [json.loads(line)["seed"] for line in f]
+        replaced = tree_digest(out) != before and seeds == [1, 2]
+        stranded = [p for p in os.listdir(root) if p.startswith(".")] + [
+          p for p in os.listdir(out) if p.startswith(".")
+        ]
+        errors, tracebacks = complaints([log1, log2])
+        print(
+          f"cross_device  | {first},{second:<9} | {'yes' if replaced else 'NO':8} |"
+          f" n/a            | {', '.join(stranded) or 'none':6} |"
+          f" {len(errors)} / {tracebacks:7} | new samples in place of the old:"
+          f" {'yes' if replaced else 'NO'}"
+        )
+      finally:
+        subprocess.run(["umount", out], check=False)
+
+  # A long input video (20 s of 1080p) super-resolved by tsr1, which needs 2
+  # frames of 8x8: the sampler's peak memory against a 64-pixel clip's.
+  if "long_video" in want:
+    peaks = {}
+    for name, size, seconds in (("short", "64x64", 1), ("long", "1920x1080", 20)):
+      clip = os.path.join(root, f"{name}.mp4")
+      subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i"]
+        + [f"testsrc2=size={size}:rate=30", "-t", str(seconds)]
+        + ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", clip],
+        check=True,
+      )
+      status, log, peaks[name] = drill.sample(
+        cascade,
+        os.path.join(root, f"sr_{name}"),
+        "--stages=tsr1",
+        f"--input_video={clip}",
+      )
+      assert status == 0, f"sampling {clip} failed ({status}); see {log}"
+    print(
+      f"long_video    | 0,0         | yes      | n/a            | none   | 0 / 0 / 0"
+      f"   | peak RSS {peaks['long']:.2f} GB for 20 s of 1080p,"
+      f" {peaks['short']:.2f} GB for 1 s of 64x64"
+    )
 
   # A refused restart: another model on the finished reference.
   if "refused" in want:
