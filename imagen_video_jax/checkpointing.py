@@ -58,11 +58,10 @@ def saved_config(
   Raises:
     ValueError: naming `where` and both stages if it is not `config`'s stage.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = checkpoint_io.absolute(workdir) / "config.json"  # gs:// too.
+  if not path.is_file():
     return None
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(path.read_text())
   for key in ("dtype", "remat"):  # Older workdirs copied config.dtype/remat here.
     saved.get("model", {}).pop(key, None)
   check_same_stage(saved["stage"], stage_identity(config), where)

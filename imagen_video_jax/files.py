@@ -5,6 +5,7 @@ import os
 from collections.abc import Iterator
 
 import jax
+from etils import epath
 
 # Name start of the probes of check_writable (listings skip them).
 PROBE_PREFIX = ".write_test."
@@ -28,8 +29,17 @@ def atomic_path(path: str) -> Iterator[str]:
       os.remove(tmp)
 
 
+def is_url(path: str) -> bool:
+  """Whether `path` names an object store (gs://...), read through epath."""
+  return "://" in path
+
+
 def write_text(path: str, text: str) -> None:
-  """Writes `text` (UTF-8) to `path` through atomic_path."""
+  """Writes `text` (UTF-8) to `path` through atomic_path (a URL: one PUT,
+  which replaces an object whole)."""
+  if is_url(path):
+    epath.Path(path).write_text(text)
+    return
   with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
 
@@ -40,9 +50,16 @@ def check_writable(folder: str) -> None:
   Raises:
     OSError: if it cannot be created or written.
   """
-  os.makedirs(folder, exist_ok=True)
   # Process index and pid: the hosts of a pod may share the folder.
-  probe = os.path.join(folder, f"{PROBE_PREFIX}{jax.process_index()}.{os.getpid()}")
+  name = f"{PROBE_PREFIX}{jax.process_index()}.{os.getpid()}"
+  if is_url(folder):  # Not os: it would make a local folder named 'gs:'.
+    probe = epath.Path(folder) / name
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+    return
+  os.makedirs(folder, exist_ok=True)
+  probe = os.path.join(folder, name)
   with open(probe, "w") as f:
     f.write("ok")
   os.remove(probe)
