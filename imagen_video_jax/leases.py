@@ -173,9 +173,6 @@ class Lease:
       self._start_heartbeat()
       return
     held = self.read()
-    if held is not None and held.get("token") == self.token:  # Not possible, but.
-      self._start_heartbeat()
-      return
     if held is not None and not self.stale(held):
       raise WorkdirBusyError(
         f"{where} is in use by another run ({describe(held) if held else 'its lease'}"
