@@ -35,6 +35,8 @@ from typing import Any
 from absl import logging
 from etils import epath
 
+from imagen_video_jax import files
+
 NAME = "lease.json"
 HEARTBEAT_S = 10.0  # How often the holder renews the lease.
 STALE_S = 60.0  # A lease not renewed for this long is a dead run's.
@@ -43,10 +45,6 @@ SETTLE_S = 2.0  # Wait between writing a token and reading it back.
 
 class WorkdirBusyError(ValueError):
   """Another live run holds the workdir."""
-
-
-def _is_local(path: str) -> bool:
-  return "://" not in path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -87,7 +85,7 @@ class Lease:
     self.path = self.path / NAME
     self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
     self.exclusive = (
-      _is_local(workdir) if exclusive_create is None else exclusive_create
+      not files.is_url(workdir) if exclusive_create is None else exclusive_create
     )
     self.token = uuid.uuid4().hex
     self.record = {
@@ -121,7 +119,7 @@ class Lease:
     """Replaces the file with this run's record (atomic: tmp + rename, or one PUT)."""
     self.record["heartbeat"] = time.time()
     text = json.dumps(self.record)
-    if _is_local(str(self.path)):
+    if not files.is_url(str(self.path)):
       tmp = f"{self.path}.{self.token}.tmp"
       with open(tmp, "w") as f:
         f.write(text)

@@ -34,6 +34,7 @@ from clu import metric_writers
 from imagen_video_jax import (
   checkpointing,
   config_utils,
+  files,
   leases,
   optimizers,
   sharding,
@@ -254,7 +255,7 @@ def open_workdir(
     ValueError: naming the workdir and why it cannot hold this run
       (checkpointing.check_workdir), or the run holding it.
   """
-  created = "://" not in workdir and not os.path.exists(workdir)
+  created = not files.is_url(workdir) and not os.path.exists(workdir)
   checkpointing.check_workdir(workdir, config)
   if created:
     exits.callback(_remove_if_empty, workdir)
