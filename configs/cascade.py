@@ -1,9 +1,10 @@
 """The sampling cascade: which stages run, from which checkpoints, how sampled.
 
-Paper Fig. 6 (seven stages), Sec. 2.4 (classifier-free guidance, oscillating
-guidance, dynamic thresholding), Sec. 2.5 (noise conditioning augmentation at
-a fixed SNR when sampling), Sec. 2.7 (256 base / 128 SR steps undistilled, 8
-steps distilled). Sample the bouncing-digits demo after training its stages:
+Paper Fig. 6 (seven stages), Sec. 2.5 (noise conditioning augmentation at a
+fixed SNR when sampling), Sec. 2.6.1-2.6.2 (classifier-free guidance,
+oscillating guidance, dynamic thresholding), Sec. 2.7 (256 base / 128 SR steps
+undistilled, 8 steps distilled). Sample the bouncing-digits demo after training
+its stages:
   python -m imagen_video_jax.sample --config=configs/cascade.py:demo \
     --prompts=prompts.txt --outdir=samples/demo
 Options: `demo,ssr2=True` adds the 64x64 SSR stage; `distilled=all` (or `sr`,
@@ -36,7 +37,7 @@ DISTILLED = ("none", "all", "sr")
 def guidance(kind: str, **kw: float) -> ml_collections.ConfigDict:
   """Guidance schedule: `constant` (w) or `oscillating` (high, low, warmup)."""
   g = ml_collections.ConfigDict()
-  g.kind = kind  # 'constant' | 'oscillating' (paper Sec. 2.4).
+  g.kind = kind  # 'constant' | 'oscillating' (paper Sec. 2.6.2).
   g.w = 1.0  # Constant guidance weight w of eq. 5 (0 = conditional model only).
   g.high = 15.0  # Oscillating: high weight (paper: e.g. 15) ...
   g.low = 1.0  # ... alternating with the low weight (paper: e.g. 1) ...
@@ -102,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0  # Sample i of a run uses seed + i.
   c.batch_size = {"paper": 8, "demo": 32, "runlocal": 2}[v]  # Samples per call.
 
-  # Paper Sec. 2.4: oscillating guidance for the base and the first two SR
+  # Paper Sec. 2.6.2: oscillating guidance for the base and the first two SR
   # stages (strong text alignment early, fewer saturation artefacts), constant
   # after; dynamic thresholding keeps the high weights in range.
   oscillating = guidance("oscillating", high=15.0, low=1.0, warmup_fraction=0.1)
@@ -141,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stages[name] = stage(
       name,
       v,
-      # The students' step count (configs/common.py, distill.final_steps).
+      # The students' step count (configs/common.py, distill.final_sampling_steps).
       steps=(2 if v == "runlocal" else 8) if distilled else steps[name],
       guide=guides.get(name, constant).copy_and_resolve_references(),
       sampler="distilled" if distilled else "ancestral",

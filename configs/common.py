@@ -318,7 +318,7 @@ def apply_options(
   return config
 
 
-# Stages sampled with oscillating guidance up to w = 15 (paper Sec. 2.4).
+# Stages sampled with oscillating guidance up to w = 15 (paper Sec. 2.6.2).
 OSCILLATING_STAGES = ("base", "tsr1", "ssr1")
 
 
@@ -327,36 +327,39 @@ def distill_config(
 ) -> ml_collections.ConfigDict:
   """Guided progressive distillation of a stage (paper Sec. 2.7; distill.py).
 
-  Stage one (Meng et al., 2022) teaches a student that takes w as an input the
-  teacher's guided output for w in [w_min, w_max]; stage two halves its steps,
-  start_steps -> ... -> final_steps, one round of `round_steps` each (Salimans
-  & Ho, 2022). The paper gives no step counts for distillation: the paper
-  variant's are an estimate, not the paper's.
+  Phase 1 (guidance distillation, Meng et al., 2022) teaches a student that
+  takes w as an input the teacher's guided output for w in [w_min, w_max];
+  phase 2 (halving) halves its sampling steps, start_sampling_steps -> ... ->
+  final_sampling_steps, one round of `round_steps` updates each (Salimans & Ho,
+  2022). The paper gives no step counts for distillation: the paper variant's
+  are an estimate, not the paper's.
   """
   guided = name in OSCILLATING_STAGES
   d = ml_collections.ConfigDict()
+  # As in every stage config, `*_steps` count optimizer updates; the
+  # `*_sampling_steps` count sampling steps.
   d.teacher = ""  # Workdir of the trained stage (its EMA params are the teacher).
-  # Guidance weights w ~ U[w_min, w_max] of stage one and two; the range must hold
+  # Guidance weights w ~ U[w_min, w_max] of phases 1 and 2; the range must hold
   # every w the cascade samples with (oscillating: its high and low).
   d.w_min = 0.0
   if variant == "demo":  # The demo samples its base at w = 2 (or 4 and 1), SR unguided.
     d.w_max = 4.0 if name == "base" else 0.0
   else:  # Oscillating guidance's high weight, or a constant w = 1 with margin.
     d.w_max = 15.0 if guided else 2.0
-  # Stage-one updates (0 skips it: only for w_max = 0, an unguided stage).
+  # Phase 1 updates (0 skips it: only for w_max = 0, an unguided stage).
   d.guidance_steps = {
     "paper": 50_000,
     "demo": 300 if name == "base" else 0,  # The demo's SR stages sample unguided.
   }.get(variant, 4)
-  d.start_steps = {  # The teacher's step count, where the halving starts.
+  d.start_sampling_steps = {  # The teacher's step count, where the halving starts.
     "paper": 256 if name == "base" else 128,  # The undistilled cascade's (Table 1).
     "demo": 64 if name == "base" else 32,
   }.get(variant, 8)
-  d.final_steps = 2 if variant == "runlocal" else 8  # Steps of the final student.
+  d.final_sampling_steps = 2 if variant == "runlocal" else 8  # The final student's.
   d.round_steps = {"paper": 50_000, "demo": 200}.get(variant, 4)  # Per halving.
-  # Stage two's loss (Salimans & Ho); stage one uses diffusion.loss.
+  # Phase 2's loss (Salimans & Ho); phase 1 uses diffusion.loss.
   d.loss = "truncated_snr"
-  # How the teacher's x_hat is thresholded in stage two's DDIM steps (and the
+  # How the teacher's x_hat is thresholded in phase 2's DDIM steps (and the
   # student's when sampled): dynamic for the paper's high guidance weights; static
   # (clip to [-1, 1]) where w is small, as the demo's: dynamic thresholding greys
   # the demo teacher's DDIM samples

@@ -3,16 +3,17 @@ r"""Distils one trained stage to a few sampling steps (paper Sec. 2.7, Table 1).
   python -m imagen_video_jax.distill --config=configs/base.py:demo \
     --config.distill.teacher=runs/demo/base --workdir=runs/demo/base_distilled
 
-Stage one (Meng et al., 2022) teaches a student that takes the guidance weight
-w as an input the teacher's guided output, in one pass; stage two halves its
-sampling steps round by round (Salimans & Ho, 2022) down to
-`distill.final_steps`. The workdir is a stage `sample.py` reads as it is (its
-config.json says that the model takes w; each checkpoint's meta, for which
-step count). The script reads top to bottom as train.py does: processes ->
-config and teacher checks -> mesh -> workdir -> text encoder -> student and
-sharded state -> one step per round kind -> data and restore -> loop over the rounds
-(metrics, checkpoints, signals). A kill in any round resumes that round at
-its step and repeats the uninterrupted run exactly. Exit status as train.py's.
+Phase 1 (guidance distillation, Meng et al., 2022) teaches a student that takes
+the guidance weight w as an input the teacher's guided output, in one pass;
+phase 2 (halving) halves its sampling steps round by round (Salimans & Ho, 2022)
+from `distill.start_sampling_steps` down to `distill.final_sampling_steps`.
+The workdir is a stage `sample.py` reads as it is (its config.json says that
+the model takes w; each checkpoint's meta, for which step count). The script
+reads top to bottom as train.py does: processes -> config and teacher checks ->
+mesh -> workdir -> text encoder -> student and sharded state -> one step per
+round kind -> data and restore -> loop over the rounds (metrics, checkpoints,
+signals). A kill in any round resumes that round at its step and repeats the
+uninterrupted run exactly. Exit status as train.py's.
 """
 
 import concurrent.futures

@@ -2,9 +2,10 @@
 
 `distill.py` wires these to the mesh, the data and the checkpoints, as
 `train.py` does with `train_lib`. A run is a list of rounds over one global
-step counter: round 0 is stage one (guidance distillation, Meng et al., 2022)
-unless `distill.guidance_steps` is 0, then one halving round per factor of two
-from `distill.start_steps` to `distill.final_steps` (Salimans & Ho, 2022).
+step counter: round 0 is phase 1 (guidance distillation, Meng et al., 2022)
+unless `distill.guidance_steps` is 0, then phase 2 (halving): one round per
+factor of two from `distill.start_sampling_steps` to
+`distill.final_sampling_steps` sampling steps (Salimans & Ho, 2022).
 The train state is train.py's plus `teacher_params`; the teacher and the
 student are the same network, one that takes the guidance weight w as an
 extra scalar. At each new round the student's EMA becomes the teacher and the
@@ -36,7 +37,7 @@ class Round:
   """One round: global steps [start, end) of `kind`.
 
   `steps` is the student's sampling step count at the end of the round (None
-  after stage one: a guidance-distilled student samples with any step count).
+  after phase 1: a guidance-distilled student samples with any step count).
   """
 
   index: int
@@ -58,10 +59,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.distill.{key}={d[key]} must be >= 0.")
   if d.guidance_steps == 0 and d.w_max > 0:
     raise ValueError(
-      f"config.distill.guidance_steps=0 skips stage one, but w_max={d.w_max} > 0: "
+      f"config.distill.guidance_steps=0 skips phase 1, but w_max={d.w_max} > 0: "
       "halving needs a guided teacher (set guidance_steps > 0 or w_max = 0)."
     )
-  halvings = distillation.halving_steps(d.start_steps, d.final_steps)
+  halvings = distillation.halving_steps(d.start_sampling_steps, d.final_sampling_steps)
   if halvings and d.round_steps < 1:
     raise ValueError(
       f"config.distill.round_steps={d.round_steps}: {len(halvings)} halving "
@@ -69,8 +70,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
   if not halvings and d.guidance_steps == 0:
     raise ValueError(
-      "config.distill: guidance_steps=0 and start_steps == final_steps leave "
-      "nothing to distil."
+      "config.distill: guidance_steps=0 and start_sampling_steps =="
+      " final_sampling_steps leave nothing to distil."
     )
   if d.loss not in losses.LOSSES:
     raise ValueError(
@@ -89,7 +90,10 @@ def rounds(distill: ml_collections.ConfigDict) -> list[Round]:
   if distill.guidance_steps:
     out.append(Round(0, "guidance", 0, distill.guidance_steps, None))
     start = distill.guidance_steps
-  for n in distillation.halving_steps(distill.start_steps, distill.final_steps):
+  halvings = distillation.halving_steps(
+    distill.start_sampling_steps, distill.final_sampling_steps
+  )
+  for n in halvings:
     out.append(Round(len(out), "halving", start, start + distill.round_steps, n))
     start += distill.round_steps
   return out
@@ -248,7 +252,7 @@ def make_distill_step(
       same network with `state['teacher_params']`.
     tx: the round's optimizer; lr_fn: its schedule (for the report).
     lr_fn: round step -> learning rate.
-    kind: 'guidance' (stage one) or 'halving' (stage two).
+    kind: 'guidance' (phase 1) or 'halving' (phase 2).
     text_apply: the frozen text encoder, None for precomputed embeddings.
     batch_sharding: sharding constraint of the batch's activations.
 
@@ -283,7 +287,7 @@ def make_distill_step(
     teacher = jax.lax.stop_gradient(state["teacher_params"])
     noise = jax.random.normal(rng_noise, x.shape, x.dtype)
 
-    if kind == "guidance":  # Stage one: x~ = (1 + w) x_c - w x_u (eq. 5).
+    if kind == "guidance":  # Phase 1: x~ = (1 + w) x_c - w x_u (eq. 5).
       logsnr = logsnr_fn(losses.sample_t(rng_t, b, diffusion.t_sampling))
       z = schedules.diffuse(x, logsnr, noise)
       both = lambda a: jnp.concatenate([a, a])  # noqa: E731
@@ -299,7 +303,7 @@ def make_distill_step(
       x_both = to_x(out, both(z), both(logsnr))
       target = distillation.guided_x(x_both[:b], x_both[b:], w)
       loss_name = diffusion.loss
-    else:  # Stage two: one student step = two teacher DDIM steps.
+    else:  # Phase 2: one student step = two teacher DDIM steps.
       logsnr, logsnr_mid, logsnr_s, last = distillation.student_logsnrs(
         rng_t, b, steps, logsnr_fn
       )

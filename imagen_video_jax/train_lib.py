@@ -40,7 +40,7 @@ def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
 def drop_text(
   text: jax.Array, mask: jax.Array, rng: jax.Array, rate: float
 ) -> tuple[jax.Array, jax.Array]:
-  """Classifier-free guidance dropout (paper Sec. 2.3, Ho & Salimans 2022).
+  """Classifier-free guidance dropout (paper Sec. 2.6.1, Ho & Salimans 2022).
 
   Args:
     text: [B, L, D] text embeddings.

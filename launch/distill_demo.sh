@@ -29,9 +29,9 @@ distill() {  # STAGE DEVICES: distils configs/STAGE.py:demo, its log filtered an
     | { grep --line-buffered -E "\] \[[0-9]+\] bad|Round|Error|error" || true; } \
     | sed -u "s/^/$1: /"
 }
-echo "== 1. Distilling the base (stage one, then 64 -> 32 -> 16 -> 8 steps)"
+echo "== 1. Distilling the base (phase 1: guidance distillation; phase 2: halving 64 -> 32 -> 16 -> 8 sampling steps)"
 distill base "$DEVICES"
-echo "== 2. Distilling tsr1 and ssr1 side by side (32 -> 16 -> 8 steps)"
+echo "== 2. Distilling tsr1 and ssr1 side by side (unguided: phase 2 only, 32 -> 16 -> 8 sampling steps)"
 HALF=$((DEVICES > 1 ? DEVICES / 2 : 1))
 distill tsr1 "$HALF" &
 TSR1=$!

@@ -1,9 +1,9 @@
 """Guided progressive distillation (distill.py, distill_lib, diffusion/distillation).
 
 Closed forms for the targets; the student at step 0 against the teacher; one
-stage-one and one halving round learning on a random teacher; config and
-teacher errors; the binary killed mid-round and resumed bitwise; a distilled
-runlocal cascade sampled through sample.py.
+phase 1 (guidance distillation) and one phase 2 (halving) round learning on a
+random teacher; config and teacher errors; the binary killed mid-round and
+resumed bitwise; a distilled runlocal cascade sampled through sample.py.
 """
 
 import json
@@ -57,7 +57,7 @@ def test_halving_steps_and_the_paths_that_do_not_exist():
   assert distillation.halving_steps(256, 8) == [128, 64, 32, 16, 8]
   assert distillation.halving_steps(8, 8) == []
   for first, final in ((96, 8), (12, 8), (4, 8)):
-    with pytest.raises(ValueError, match="start_steps"):
+    with pytest.raises(ValueError, match="start_sampling_steps"):
       distillation.halving_steps(first, final)
 
 
@@ -166,7 +166,8 @@ def test_student_grid_is_the_samplers_grid():
 
 def test_rounds_and_what_each_checkpoint_samples_with():
   d = config_utils.load_config("configs/base.py:runlocal").distill
-  d.guidance_steps, d.round_steps, d.start_steps, d.final_steps = 5, 3, 8, 2
+  d.guidance_steps, d.round_steps = 5, 3
+  d.start_sampling_steps, d.final_sampling_steps = 8, 2
   rounds = distill_lib.rounds(d)
   assert [(r.kind, r.start, r.end, r.steps) for r in rounds] == [
     ("guidance", 0, 5, None),
@@ -261,7 +262,7 @@ def _x(model, params, z, logsnr, cond, w):
   return param_lib.to_x_eps_v(out, z, logsnr, "v")[0]
 
 
-def test_stage_one_approaches_the_guided_teacher():
+def test_phase_1_approaches_the_guided_teacher():
   w = 2.0
 
   def error(config, model, teacher, params, batch):
@@ -315,7 +316,10 @@ def test_halving_round_matches_two_teacher_steps_better():
   [
     (dict(w_min=3.0, w_max=1.0), "w_min=3.0 and w_max=1.0"),
     (dict(w_min=-1.0), "w_min=-1.0"),
-    (dict(start_steps=12, final_steps=8), "start_steps=12 does not halve"),
+    (
+      dict(start_sampling_steps=12, final_sampling_steps=8),
+      "start_sampling_steps=12 does not halve",
+    ),
     (dict(guidance_steps=0), "guidance_steps=0"),
     (dict(round_steps=-1), "round_steps=-1"),
     (dict(loss="l1"), "distill.loss='l1'"),
@@ -418,7 +422,10 @@ def test_distillation_writes_a_student_of_the_final_step_count(distilled_run):
   assert checkpointing.checkpoint_meta(str(workdir), 10)["sampling_steps"] == 4
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"]["num_extra_scalars"] == 1
-  assert saved["distill"]["final_steps"] == 2 and saved["distill"]["teacher_step"] == 1
+  assert (
+    saved["distill"]["final_sampling_steps"] == 2
+    and saved["distill"]["teacher_step"] == 1
+  )
 
 
 @pytest.mark.slow

@@ -246,7 +246,7 @@ def test_cond_skip_predicts_the_residual_of_the_conditioning(conv_model):
     m.params,
   )
   v_hat = np.asarray(skip.apply({"params": zero}, **kw), np.float64)
-  x_hat = alpha * np.asarray(kw["z"]) - sigma * v_hat  # Sec. 2.1.
+  x_hat = alpha * np.asarray(kw["z"]) - sigma * v_hat  # Sec. 2.4.
   np.testing.assert_allclose(x_hat, alpha * kw["z"] + sigma**2 * cond, atol=1e-5)
   with pytest.raises(ValueError, match="cond_skip needs cond_channels"):
     video_unet.VideoUNet(**dict(m.config.model, cond_channels=4, cond_skip=True)).apply(

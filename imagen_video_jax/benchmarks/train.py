@@ -10,7 +10,7 @@ state-donating train step on a synthetic batch, and prints steps/s,
 examples/s, TFLOP/s per device (from the compiled step's cost analysis), MFU
 where the device's peak is known, the compiled step's memory per device and
 the allocator's peak (GPU/TPU). `guidance` and `halving` are distill.py's
-steps (stage one and a halving round) on the same stage, the student built
+steps (phase 1 and a phase 2 halving round) on the same stage, the student built
 as distill.py builds it.
 """
 
@@ -75,7 +75,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
       text_apply,
       sharding.batch_sharding(mesh, rules),
     )
-    extra = (np.int32(0), np.int32(config.distill.final_steps))
+    extra = (np.int32(0), np.int32(config.distill.final_sampling_steps))
     train_init = train_lib.make_init_fn(config, model, tx)
 
     def init_fn(rng):

@@ -1,4 +1,4 @@
-"""Chaining the stages of a cascade at sampling time (paper Fig. 6, Sec. 2.4-2.5).
+"""Chaining the stages of a cascade at sampling time (paper Fig. 6, Sec. 2.5-2.6).
 
 `make_stage_fn` turns one stage (its training config and its sampler settings
 from configs/cascade.py) into a function that samples a batch of videos from

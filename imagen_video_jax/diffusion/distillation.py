@@ -1,12 +1,14 @@
 """Targets of guided progressive distillation (paper Sec. 2.7), as pure functions.
 
-Imagen Video distils each guided stage in two stages (Meng et al., 2022):
-  one: a student that takes the guidance weight w as an input learns to match
-       the teacher's guided prediction x~ = (1 + w) x_hat_c - w x_hat_u (eq. 5)
-       in a single pass, for w ~ U[w_min, w_max] and t ~ U[0, 1];
-  two: progressive distillation (Salimans & Ho, 2022, Algorithm 2): on the
-       student's grid of N steps, one student DDIM step must land where two
-       teacher DDIM steps of half the size land; then N -> N / 2 and repeat.
+Imagen Video distils each guided stage in two phases (Meng et al., 2022):
+  phase 1 (guidance distillation): a student that takes the guidance weight w
+    as an input learns to match the teacher's guided prediction
+    x~ = (1 + w) x_hat_c - w x_hat_u (eq. 5) in a single pass, for
+    w ~ U[w_min, w_max] and t ~ U[0, 1];
+  phase 2 (halving): progressive distillation (Salimans & Ho, 2022, Algorithm
+    2): on the student's grid of N sampling steps, one student DDIM step must
+    land where two teacher DDIM steps of half the size land; then N -> N / 2
+    and repeat.
 Times follow the samplers' uniform grid (t_i = 1 - i / N); logSNRs come from
 the stage's schedule. Arrays are [B, ...]; logsnr is [B].
 """
@@ -35,8 +37,8 @@ def halving_steps(start: int, final: int) -> list[int]:
   """
   if final < 1 or start < final:
     raise ValueError(
-      f"distill.start_steps={start} and final_steps={final}: need "
-      "start_steps >= final_steps >= 1."
+      f"distill.start_sampling_steps={start} and final_sampling_steps={final}:"
+      " need start_sampling_steps >= final_sampling_steps >= 1."
     )
   steps, n = [], start
   while n > final:
@@ -46,8 +48,9 @@ def halving_steps(start: int, final: int) -> list[int]:
     steps.append(n)
   if n != final:
     raise ValueError(
-      f"distill.start_steps={start} does not halve to final_steps={final}: "
-      f"start_steps must be final_steps * 2^k (e.g. {final * 2**5})."
+      f"distill.start_sampling_steps={start} does not halve to"
+      f" final_sampling_steps={final}: start_sampling_steps must be"
+      f" final_sampling_steps * 2^k (e.g. {final * 2**5})."
     )
   return steps
 

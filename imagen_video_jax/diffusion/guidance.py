@@ -1,6 +1,6 @@
 """Classifier-free guidance (eq. 5), guidance-weight schedules and thresholding.
 
-Guided prediction (Ho & Salimans, 2021; paper eq. 5):
+Guided prediction (Ho & Salimans, 2021; paper Sec. 2.6.1, eq. 5):
   x~ = (1 + w) x_hat_c - w x_hat_u,
 in x, v or eps space. Since x, v and eps are affine in each other given z with
 coefficients that do not depend on the model, the three spaces give the same x~;

@@ -274,7 +274,7 @@ class VideoUNet(nn.Module):
     if self.cond_skip:
       # v-prediction of the residual x - c: v_hat = out - sigma_t c, so a zero
       # output predicts x_hat = alpha_t z + sigma_t^2 c (x_hat = alpha z - sigma v,
-      # paper Sec. 2.1), the conditioning itself at low SNR. An SR stage then
+      # paper Sec. 2.4), the conditioning itself at low SNR. An SR stage then
       # learns what its input lacks instead of how to copy it.
       _, sigma = schedules.alpha_sigma(logsnr)
       out = out - schedules.expand_to(sigma, out) * cond_video.astype(jnp.float32)
