@@ -277,6 +277,9 @@ def stage_config(
   # (data, fsdp, tensor); one entry may be -1. The paper stages shard their
   # parameters, optimizer state and EMA over all chips (FSDP).
   c.mesh.shape = (1, -1, 1) if variant == "paper" else (-1, 1, 1)
+  # A parameter dimension the mesh doesn't divide stays whole on every chip and
+  # is logged with its size; True makes that an error (sharding.check_undivided).
+  c.mesh.error_on_undivided = False
   # Logical axis -> mesh axes: imagen_video_jax/sharding.py's table.
   c.logical_axis_rules = sharding.DEFAULT_RULES
   c.dtype = "bfloat16" if variant == "paper" else "float32"  # Compute dtype.

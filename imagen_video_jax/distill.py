@@ -94,7 +94,11 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
 
   rng_init = jax.random.key(config.seed)
   abstract_state, state_shardings = sharding.abstract_state(
-    init_fn, rng_init, mesh, rules
+    init_fn,
+    rng_init,
+    mesh,
+    rules,
+    error_on_undivided=config.mesh.error_on_undivided,
   )
   start_round = jax.jit(
     distill_lib.make_start_fn(tx),

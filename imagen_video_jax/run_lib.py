@@ -342,6 +342,7 @@ def frozen_text_encoder(
     model = encoder.model
   ones = jnp.ones((1, 1), jnp.int32)
   boxed = jax.eval_shape(model.init, jax.random.key(0), ones, ones > 0)["params"]
+  sharding.check_undivided(boxed, mesh, rules, error=config.mesh.error_on_undivided)
   shardings = sharding.logical_shardings(boxed, mesh, rules)
 
   def apply(params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -383,7 +384,11 @@ def jit_train_step(
   tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   abstract_state, state_shardings = sharding.abstract_state(
-    init_fn, jax.random.key(config.seed), mesh, rules
+    init_fn,
+    jax.random.key(config.seed),
+    mesh,
+    rules,
+    error_on_undivided=config.mesh.error_on_undivided,
   )
   step_fn = train_lib.make_train_step(
     config, model, tx, lr_fn, text_apply, sharding.batch_sharding(mesh, rules)

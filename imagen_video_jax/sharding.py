@@ -10,7 +10,7 @@ parallelism of a run is a config edit (`config.mesh.shape`,
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -194,8 +194,76 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Any = None) -> Any:
   )
 
 
+class Undivided(NamedTuple):
+  """A parameter that stays whole on every device: the mesh doesn't divide it."""
+
+  path: str  # e.g. "params/down_0_0/res/conv_0/kernel".
+  shape: tuple[int, ...]
+  nbytes: int
+  spec: PartitionSpec  # What the rules asked for.
+
+
+def undivided(abstract_tree: Any, mesh: Mesh, rules: Any = None) -> list[Undivided]:
+  """The leaves of `abstract_tree` that `logical_shardings` replicates although
+  the rules split them, because a mesh axis does not divide their dimension."""
+  specs = nn.get_partition_spec(abstract_tree)
+  with nn.logical_axis_rules(logical_rules(rules)):
+    mesh_specs = nn.logical_to_mesh(specs)
+  shapes = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_tree))
+  found = []
+  for (path, x), spec in zip(
+    shapes, jax.tree.leaves(mesh_specs, is_leaf=lambda s: isinstance(s, PartitionSpec))
+  ):
+    if _fit(spec, x.shape, mesh) != _fit(spec, [0] * x.ndim, mesh):  # 0: divisible.
+      name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      nbytes = int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+      found.append(Undivided(name, tuple(x.shape), nbytes, spec))
+  return found
+
+
+def _size(nbytes: int) -> str:
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if nbytes >= scale:
+      return f"{nbytes / scale:.2f} {unit}"
+  return f"{nbytes} B"
+
+
+def check_undivided(
+  abstract_tree: Any, mesh: Mesh, rules: Any = None, *, error: bool = False
+) -> list[Undivided]:
+  """Logs (or, with `error`, raises on) every parameter the mesh leaves whole.
+
+  At pod scale a kernel that silently stays replicated is a memory surprise
+  (a 1 GB kernel on each of 256 chips), so each one is named with its size.
+
+  Raises:
+    ValueError: if `error` (config.mesh.error_on_undivided) and any is found.
+  """
+  found = undivided(abstract_tree, mesh, rules)
+  if not found:
+    return found
+  total = _size(sum(u.nbytes for u in found))
+  lines = [f"{u.path} {u.shape} {_size(u.nbytes)} (rules: {u.spec})" for u in found]
+  what = (
+    f"{len(found)} parameters ({total}) stay whole on every device: the "
+    f"mesh {dict(mesh.shape)} does not divide the dimensions the rules split"
+  )
+  if error:
+    raise ValueError(
+      f"{what}: {'; '.join(lines)}. Change config.mesh.shape or the model's "
+      "widths, or set config.mesh.error_on_undivided=False to replicate them."
+    )
+  logging.warning("%s:\n  %s", what, "\n  ".join(lines))
+  return found
+
+
 def abstract_state(
-  init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh, rules: Any = None
+  init_fn: Callable[[jax.Array], Any],
+  rng: jax.Array,
+  mesh: Mesh,
+  rules: Any = None,
+  *,
+  error_on_undivided: bool = False,
 ) -> tuple[Any, Any]:
   """Shapes and shardings of `init_fn(rng)` without computing it.
 
@@ -204,12 +272,17 @@ def abstract_state(
     rng: PRNG key for `init_fn`.
     mesh: the device mesh.
     rules: logical axis rules.
+    error_on_undivided: raise, rather than log, on a parameter the mesh leaves
+      whole (`check_undivided`; the state's "params", whose optimizer moments
+      and EMA follow them).
 
   Returns:
     (abstract, shardings): the unboxed tree of `ShapeDtypeStruct`s carrying
     their shardings (a checkpoint restore target), and the `NamedSharding`s.
   """
   boxed = jax.eval_shape(init_fn, rng)
+  params = boxed["params"] if isinstance(boxed, dict) and "params" in boxed else boxed
+  check_undivided(params, mesh, rules, error=error_on_undivided)
   shardings = logical_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -72,6 +72,38 @@ def test_logical_shardings_follow_rules_and_replicate_uneven_dims():
 
 
 @needs_8
+def test_parameters_the_mesh_leaves_whole_are_named_with_their_size(caplog):
+  class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for name, shape in (("w", (4, 6)), ("v", (4, 3)), ("b", (3,))):
+        axes = ("embed", "mlp")[: len(shape)] if name != "b" else (None,)
+        self.param(name, nn.with_logical_partitioning(nn.zeros, axes), shape)
+      return x
+
+  mesh = sharding.make_mesh((2, 2, 2))
+
+  def init_fn(rng):  # A train state: only its params are reported.
+    params = Dense().init(rng, jnp.ones((1, 4)))["params"]
+    return {"step": jnp.int32(0), "params": params, "ema_params": params}
+
+  with caplog.at_level("WARNING"):
+    _, shardings = sharding.abstract_state(init_fn, jax.random.key(0), mesh)
+  assert shardings["params"]["v"].spec == P("fsdp", None)
+  # Only v: w divides, and b is replicated by its rules, not by the mesh.
+  (record,) = [r for r in caplog.records if "stay whole" in r.getMessage()]
+  assert re.search(
+    r"1 parameters .* mesh \{'data': 2, 'fsdp': 2, 'tensor': 2\}.*\n"
+    r"  v \(4, 3\) 48 B \(rules: P\('fsdp', 'tensor'\)\)$",
+    record.getMessage(),
+  ), record.getMessage()
+  with pytest.raises(
+    ValueError, match=r"1 parameters .* v \(4, 3\) .*error_on_undivided=False"
+  ):
+    sharding.abstract_state(init_fn, jax.random.key(0), mesh, error_on_undivided=True)
+
+
+@needs_8
 def test_batch_size_must_divide_the_batch_axes():
   mesh = sharding.make_mesh((2, 2, 2))
   sharding.check_batch_size(8, mesh)
@@ -225,3 +257,19 @@ def test_model_activations_carry_the_sharding_their_constraints_name():
   )
   text = bare.lower(program.abstract_state, batch, None).as_text()
   assert not re.findall(video, text)
+
+
+@pytest.mark.parametrize("stage", ["base", "ssr2"])
+def test_the_paper_configs_leave_no_large_parameter_whole_on_a_pod(stage):
+  # FSDP over 256 chips (v5p-256, configs' mesh (1, -1, 1)): what the mesh
+  # leaves whole is the 3- and 6-channel input/output convolutions, and at
+  # ssr2's width of 128 the kernels of its 128-channel levels, 6 MiB in all.
+  config = config_utils.load_config(f"configs/{stage}.py:paper")
+  mesh = jax.sharding.AbstractMesh((1, 256, 1), sharding.MESH_AXES)
+  model = train_lib.make_model(config)
+  tx, _ = optimizers.make_optimizer(config.optim, config.total_steps)
+  boxed = jax.eval_shape(train_lib.make_init_fn(config, model, tx), jax.random.key(0))
+  found = sharding.undivided(boxed["params"], mesh, config.logical_axis_rules)
+  assert "conv_in/kernel" in [u.path for u in found]
+  assert all(u.nbytes < 2 * 2**20 for u in found), found
+  assert sum(u.nbytes for u in found) < 8 * 2**20
