@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper stages' memory per chip from the TPU compiler (libtpu, no TPU
-# needed), one compile at a time, then README's table. Train rows: each paper
-# stage's train step on a v5p-128 slice (64 chips) with FSDP over all of them
-# at a global batch of 64. Sample rows: each stage's sampling loop, guidance
+# needed), one compile at a time, then docs/RESULTS.md's tables. Train rows:
+# each paper stage's train step on a v5p-128 slice (64 chips) with FSDP over
+# all of them at a global batch of 64. Sample rows: each stage's sampling loop, guidance
 # included, on a v5e-8 host (frames split as configs/cascade.py:paper says);
 # sample_ssr3_v5p: ssr3's on a v5p-8 host (4 chips of 95 GiB), which holds what
 # a v5e-8 host cannot. Text row: the T5-XXL encoder on v5e-8. A row
