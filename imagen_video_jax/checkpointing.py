@@ -28,22 +28,24 @@ import orbax.checkpoint as ocp
 
 from imagen_video_jax import checkpoint_io, config_utils, files, sharding
 
-# Stage keys that must agree between a checkpoint and the config resuming it.
-_STAGE_KEYS = ("name", "frames", "height", "width")
-
 
 # --------------------------------------------------------------------------- #
 # Workdir and its config.json.
 # --------------------------------------------------------------------------- #
 def stage_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The keys identifying a stage: name, frames, height, width."""
-  return {k: config.stage[k] for k in _STAGE_KEYS}
+  """The keys identifying a stage (config_utils.STAGE_KEYS), as JSON values."""
+  stage = json.loads(config.stage.to_json())  # Tuples as lists, as saved.
+  return {k: stage.get(k) for k in config_utils.STAGE_KEYS}
 
 
 def check_same_stage(saved: dict[str, Any], current: dict[str, Any], where: str):
-  """Raises ValueError naming both stages if `saved` is not `current`."""
-  saved = {k: saved.get(k) for k in _STAGE_KEYS}
-  current = {k: current.get(k) for k in _STAGE_KEYS}
+  """Raises ValueError naming both stages if `saved` is not `current`.
+
+  A key `saved` lacks (a checkpoint older than the key) is not compared.
+  """
+  keys = [k for k in config_utils.STAGE_KEYS if k in saved]
+  saved = {k: saved[k] for k in keys}
+  current = {k: current.get(k) for k in keys}
   if saved != current:
     raise ValueError(
       f"{where} is from stage {saved}, but the config is for stage {current}."

@@ -119,14 +119,15 @@ def check_compute(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={config[key]!r} must be one of {allowed}.")
 
 
+# The keys of config.stage that make a stage: its name, its output's shape and
+# frame rate, and its input's shape. A checkpoint records them, and a resume, a
+# distillation or a sampler checks them (checkpointing.stage_identity).
+# (stage.crop and crop_frames choose what a step sees: a resume may change them.)
+STAGE_KEYS = ("name", "frames", "height", "width", "fps", "input")
+
 # What fixes a workdir's parameters and their meaning: the network, the text
-# encoder it was trained with, and the stage's shape and input. (stage.crop and crop_frames
-# choose what a step sees, not the network: a resume may change them.)
-_NETWORK_KEYS = (
-  ("model", None),
-  ("text", None),
-  ("stage", ("name", "frames", "height", "width", "fps", "input")),
-)
+# encoder it was trained with, and the stage.
+_NETWORK_KEYS = (("model", None), ("text", None), ("stage", STAGE_KEYS))
 
 
 def network_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
