@@ -1,4 +1,17 @@
-"""Stage 1, base: 16x40x24 frames at 3 fps from text; 5.6B parameters."""
+r"""Stage 1, base: 16x40x24 frames at 3 fps from text; 5.6B parameters.
+
+Train the paper stage on every worker of a TPU VM pod (launch/tpu.sh's header
+gives --create and --setup for a new pod; arguments after `--` override keys):
+  bash launch/tpu.sh --tpu=TPU --zone=ZONE --stage=base \
+    --config=configs/base.py:paper --workdir=gs://BUCKET/base
+the demo stage on one CPU (`:runlocal` is tiny, for tests):
+  python -m imagen_video_jax.train --config=configs/base.py:demo --workdir=runs/base
+and distil the trained stage (paper Sec. 2.7):
+  python -m imagen_video_jax.distill --config=configs/base.py:demo \
+    --config.distill.teacher=runs/base --workdir=runs/base_distilled
+launch/demo.sh trains the demo's base, tsr1 and ssr1, and
+launch/distill_demo.sh distils them.
+"""
 
 import ml_collections
 

@@ -1,12 +1,16 @@
-"""The sampling cascade: which stages run, from which checkpoints, how sampled.
+r"""The sampling cascade: which stages run, from which checkpoints, how sampled.
 
 Paper Fig. 6 (seven stages), Sec. 2.5 (noise conditioning augmentation at a
 fixed SNR when sampling), Sec. 2.6.1-2.6.2 (classifier-free guidance,
 oscillating guidance, dynamic thresholding), Sec. 2.7 (256 base / 128 SR steps
 undistilled, 8 steps distilled). Sample the bouncing-digits demo after training
-its stages:
+its stages (each stage file's docstring; launch/demo.sh does it all):
   python -m imagen_video_jax.sample --config=configs/cascade.py:demo \
     --prompts=prompts.txt --outdir=samples/demo
+and the paper cascade from the stages launch/tpu.sh trained into gs://BUCKET:
+  python -m imagen_video_jax.sample \
+    --config=configs/cascade.py:paper,workdir_root=gs://BUCKET \
+    --prompts=prompts.txt --outdir=samples/paper
 Options: `demo,ssr2=True` adds the 64x64 SSR stage; `distilled=all` (or `sr`,
 the SR stages only) samples the students of `imagen_video_jax.distill` from
 {workdir_root}/{stage}_distilled with the 8-step stochastic sampler, the
@@ -95,20 +99,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       f"Unknown option distilled={opts.distilled!r}; expected one of {DISTILLED}."
     )
   c = ml_collections.ConfigDict()
-  if v == "demo":
-    c.order = ("base", "tsr1", "ssr1") + (("ssr2",) if opts.ssr2 else ())
-  else:
-    c.order = common.STAGES  # Stages in cascade order (paper Fig. 6).
-  c.workdir_root = opts.workdir_root or {"paper": "runs/paper"}.get(v, "runs")
+  c.order = common.STAGES  # Stages in cascade order (paper Fig. 6).
+  c.workdir_root = "runs/paper"  # Stage s reads {workdir_root}/{s}.
   c.seed = 0  # Sample i of a run uses seed + i.
-  c.batch_size = {"paper": 8, "demo": 32, "runlocal": 2}[v]  # Samples per call.
-
+  c.batch_size = 8  # Samples per call.
+  # Paper Sec. 2.7: 256 base / 128 SR steps; distilled stages take 8.
+  steps = {n: (256 if n == "base" else 128) for n in common.STAGES}
+  student_steps = 8  # The students' (common.py, distill.final_sampling_steps).
   # Paper Sec. 2.6.2: oscillating guidance for the base and the first two SR
   # stages (strong text alignment early, fewer saturation artefacts), constant
   # after; dynamic thresholding keeps the high weights in range.
   oscillating = guidance("oscillating", high=15.0, low=1.0, warmup_fraction=0.1)
-  constant = guidance("constant", w=1.0)
+  guides = {n: oscillating for n in common.OSCILLATING_STAGES}
+  constant = guidance("constant", w=1.0)  # Every stage not in `guides`.
+  static_students = False  # Students threshold as their teachers do.
+  aug_logsnr = AUG_LOGSNR
+  # One sample of the last four stages is 20-430 GB of activations, more than
+  # a 16 GB v5e chip: its frames are split over all of the host's chips
+  # (README, Memory per chip).
+  split_frames = ("ssr2", "tsr2", "tsr3", "ssr3")
+
   if v == "demo":
+    c.order = ("base", "tsr1", "ssr1") + (("ssr2",) if opts.ssr2 else ())
+    c.workdir_root = "runs"
+    c.batch_size = 32
     # Sized for launch/demo.sh's 30-minute CPU budget: guidance on the base
     # only (w = 0 skips the unconditional half of the SR stages' model calls).
     # w = 2 keeps the motion axis better than w = 1, w = 4 loses colours
@@ -119,41 +133,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     guides = {"base": guidance("constant", w=2.0)}
     if opts.oscillating:  # Table 1's other row; w = 4 is the students' w_max.
       guides = {"base": guidance("oscillating", high=4.0, low=1.0)}
+    constant = guidance("constant", w=0.0)
+    static_students = True  # As the demo students' distill.thresholding.
     # The demo's briefly trained SR stages lose colours under the paper's SNR 3
     # and keep them at logSNR 4 (SNR ~55)
     # (docs/EXPERIMENTS.md#2026-11-24-sr-conditioning-sampled-at-logsnr-4).
     aug_logsnr = 4.0
-    constant = guidance("constant", w=0.0)
-  else:
-    aug_logsnr = AUG_LOGSNR
-  if v == "runlocal":
-    steps = {n: 2 for n in c.order}
-    guides = {n: oscillating for n in ("base", "tsr1", "ssr1")}
-  elif v == "paper":
-    # Paper Sec. 2.7: 256 base / 128 SR steps; distilled stages take 8.
-    steps = {n: (256 if n == "base" else 128) for n in c.order}
-    guides = {n: oscillating for n in ("base", "tsr1", "ssr1")}
+    split_frames = ()
+
+  if v == "runlocal":  # Tiny, for tests.
+    c.workdir_root = "runs"
+    c.batch_size = 2
+    steps = {n: 2 for n in common.STAGES}
+    student_steps = 2
+    split_frames = ()
+
+  if opts.workdir_root:
+    c.workdir_root = opts.workdir_root
   c.stages = ml_collections.ConfigDict()
   for name in c.order:
     distilled = opts.distilled == "all" or (opts.distilled == "sr" and name != "base")
     thresholding = "dynamic" if name in guides else "static"
-    if distilled and v == "demo":  # As the demo students' distill.thresholding.
+    if distilled and static_students:
       thresholding = "static"
     c.stages[name] = stage(
       name,
       v,
-      # The students' step count (configs/common.py, distill.final_sampling_steps).
-      steps=(2 if v == "runlocal" else 8) if distilled else steps[name],
+      steps=student_steps if distilled else steps[name],
       guide=guides.get(name, constant).copy_and_resolve_references(),
       sampler="distilled" if distilled else "ancestral",
       thresholding=thresholding,
       aug_logsnr=aug_logsnr,
       distilled=distilled,
     )
-  if v == "paper":
-    # One sample of the last four stages is 20-430 GB of activations, more than
-    # a 16 GB v5e chip: its frames are split over all of the host's chips
-    # (README, Memory per chip).
-    for name in ("ssr2", "tsr2", "tsr3", "ssr3"):
+    if name in split_frames:
       c.stages[name].frame_shards = -1
   return c

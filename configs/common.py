@@ -2,13 +2,13 @@
 
 A stage is data: `STAGE_SHAPES` holds its output and input shapes,
 `stage_config` fills every other key, and each stage file (base.py, tsr1.py,
-...) gives only its paper U-Net and its recipe through `stage_from_arg`. Every
-key has a one-line comment. `get_config(arg)` in a stage file takes `paper`,
-`demo` or `runlocal`, optionally followed by `,key=value` options (for example
-`paper,batch=256`). Launch a paper stage on a TPU pod with
-  bash launch/tpu.sh --stage=base --config=configs/base.py:paper ...
-and a demo stage on this machine with
-  python -m imagen_video_jax.train --config=configs/base.py:demo --workdir=runs/base
+...) gives only its paper U-Net and its recipe through `stage_from_arg`.
+`stage_config` writes every key once, with the paper's value and a one-line
+comment; one block per other variant then overrides only what differs (demo and
+runlocal share a one-CPU block). `get_config(arg)` in a stage file takes
+`paper`, `demo` or `runlocal`, optionally followed by `,key=value` options (for
+example `paper,batch=256`); each stage file's docstring gives its launch
+commands.
 """
 
 from collections.abc import Callable
@@ -188,7 +188,11 @@ def small_model(
 def stage_config(
   name: str, model: ml_collections.ConfigDict, variant: str
 ) -> ml_collections.ConfigDict:
-  """Every key of stage `name`'s training config, with defaults for `variant`."""
+  """Stage `name`'s training config for `variant`.
+
+  Every key once, with the paper's value (a pod's where the paper gives none);
+  then one block per other variant overrides what differs, with the reason.
+  """
   stage, input_stage = stage_shapes(name, variant)
   c = ml_collections.ConfigDict()
   c.stage = stage
@@ -207,10 +211,10 @@ def stage_config(
 
   c.text = ml_collections.ConfigDict()
   c.text.encoder = "byte_t5"  # 'byte_t5' (offline: bytes + seeded frozen T5) | 't5'.
-  c.text.t5_size = "xxl" if variant == "paper" else "tiny"  # T5 v1.1 size.
+  c.text.t5_size = "xxl"  # T5 v1.1 size.
   c.text.checkpoint = ""  # t5x directory or safetensors file ('' = seeded init).
   c.text.vocab = ""  # Sentencepiece model path (encoder='t5').
-  c.text.max_length = 128 if variant == "paper" else 48  # Tokens per caption.
+  c.text.max_length = 128  # Tokens per caption.
   c.text.seed = 0  # Seed of the frozen encoder when no checkpoint is given.
   c.text.precomputed = False  # Read 'text_emb' from the data instead of encoding.
 
@@ -219,24 +223,17 @@ def stage_config(
   c.diffusion.loss = "v_mse"  # 'v_mse' | 'eps_mse' (eq. 2) | 'truncated_snr'.
   c.diffusion.schedule = "cosine"  # Continuous logSNR schedule.
   c.diffusion.logsnr_min = -20.0  # lambda_min of the schedule.
-  # lambda_max of the schedule. The demo stops at 8: its samplers' last model
-  # call is at lambda ~6 (48 base steps) or ~3 (8 SR steps), and the draws above
-  # made much of the loss's gradient noise
-  # (docs/EXPERIMENTS.md#2026-11-24-schedule-up-to-logsnr-8).
-  c.diffusion.logsnr_max = 8.0 if variant == "demo" else 20.0
+  c.diffusion.logsnr_max = 20.0  # lambda_max of the schedule.
   c.diffusion.t_sampling = "antithetic"  # 'uniform' | 'antithetic' draw of t.
   c.diffusion.text_dropout = 0.1  # Caption dropout for classifier-free guidance.
-  # Noise conditioning augmentation range (SR stages; paper Sec. 2.5). The
-  # demo's briefly trained SR stages keep lambda' >= 2, so that every draw shows
-  # them a usable input to copy
-  # (docs/EXPERIMENTS.md#2026-11-24-sr-noise-augmentation-from-logsnr-2).
-  c.diffusion.aug_logsnr_min = 2.0 if variant == "demo" else -5.0
+  # Noise conditioning augmentation range (SR stages; paper Sec. 2.5).
+  c.diffusion.aug_logsnr_min = -5.0
   c.diffusion.aug_logsnr_max = 20.0
   # TSR stages: input frames 'repeat'ed (paper Sec. 2.2) or blended 'linear'ly in time.
   c.diffusion.temporal_upsample = "repeat"
 
   c.data = ml_collections.ConfigDict()
-  c.data.data_dir = "~/tensorflow_datasets" if variant == "paper" else "data/built"
+  c.data.data_dir = "~/tensorflow_datasets"  # TFDS data directory.
   c.data.split = "train"  # TFDS split to train on.
   c.data.mixture = ml_collections.ConfigDict(
     {"bouncing_digits/videos": 0.8, "bouncing_digits/images": 0.2}
@@ -248,8 +245,8 @@ def stage_config(
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
-  c.optim.learning_rate = 1e-4 if variant == "paper" else 2e-3  # Peak learning rate.
-  c.optim.warmup_steps = 10_000 if variant == "paper" else 100  # Linear warmup.
+  c.optim.learning_rate = 1e-4  # Peak learning rate.
+  c.optim.warmup_steps = 10_000  # Linear warmup.
   c.optim.schedule = "constant"  # After warmup: 'constant' | 'cosine' | 'wsd'.
   c.optim.decay_fraction = 0.2  # 'wsd': linear decay to 0 over this last fraction.
   c.optim.b1 = 0.9
@@ -257,34 +254,78 @@ def stage_config(
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0  # Global-norm gradient clipping.
 
-  # EMA of parameters; demo and runlocal use a ~100-step window, which lags
-  # their short runs less.
-  c.ema_decay = 0.9999 if variant == "paper" else 0.99
+  c.ema_decay = 0.9999  # EMA of parameters.
   # Global batch. The paper stages are sized for a v5p-128 slice (64 chips of
   # 95 GB): one clip per chip fits every stage (README, "Memory per chip").
-  c.batch_size = 64 if variant == "paper" else 16
-  c.total_steps = 1_000_000 if variant == "paper" else 2_000
+  c.batch_size = 64
+  c.total_steps = 1_000_000
   c.seed = 0
-  c.log_every = 100 if variant == "paper" else 50  # Steps between metric writes.
-  c.ckpt_every = 2_000 if variant == "paper" else 500  # Steps between checkpoints.
+  c.log_every = 100  # Steps between metric writes.
+  c.ckpt_every = 2_000  # Steps between checkpoints.
   c.keep_ckpts = 3  # Checkpoints kept.
   c.max_bad_steps = 10  # Consecutive NaN/Inf steps before the run stops.
   c.profile_steps = 0  # Steps to profile after step 10 (0 = off).
 
-  c.distill = distill_config(stage.name, variant, c.optim)
+  c.distill = distill_config(stage.name, c.optim)
 
   c.mesh = ml_collections.ConfigDict()
   # (data, fsdp, tensor); one entry may be -1. The paper stages shard their
   # parameters, optimizer state and EMA over all chips (FSDP).
-  c.mesh.shape = (1, -1, 1) if variant == "paper" else (-1, 1, 1)
+  c.mesh.shape = (1, -1, 1)
   # A parameter dimension the mesh doesn't divide stays whole on every chip and
   # is logged with its size; True makes that an error (sharding.check_undivided).
   c.mesh.error_on_undivided = False
   # Logical axis -> mesh axes: imagen_video_jax/sharding.py's table.
   c.logical_axis_rules = sharding.DEFAULT_RULES
-  c.dtype = "bfloat16" if variant == "paper" else "float32"  # Compute dtype.
-  c.remat = "block" if variant == "paper" else "none"  # 'none' | 'block' | 'full'.
+  c.dtype = "bfloat16"  # Compute dtype.
+  c.remat = "block"  # 'none' | 'block' | 'full'.
   c.peak_flops = 0.0  # Peak FLOP/s per device for MFU (0 = look up by device kind).
+
+  if variant in ("demo", "runlocal"):  # Both run on one CPU.
+    c.text.t5_size = "tiny"
+    c.text.max_length = 48
+    c.data.data_dir = "data/built"  # Where launch/demo.sh builds bouncing digits.
+    c.optim.learning_rate = 2e-3
+    c.optim.warmup_steps = 100
+    # A ~100-step EMA window lags their short runs less.
+    c.ema_decay = 0.99
+    c.batch_size = 16
+    c.total_steps = 2_000
+    c.log_every = 50
+    c.ckpt_every = 500
+    # A tenth of the demo's training rate: the student starts at a trained net.
+    c.distill.optim.learning_rate = 3e-4
+    c.distill.optim.warmup_steps = 10
+    c.distill.ema_decay = 0.99
+    c.mesh.shape = (-1, 1, 1)  # Data parallel over the host's devices.
+    c.dtype = "float32"
+    c.remat = "none"
+
+  if variant == "demo":
+    # The schedule stops at 8: the demo's samplers' last model call is at
+    # lambda ~6 (48 base steps) or ~3 (8 SR steps), and the draws above made
+    # much of the loss's gradient noise
+    # (docs/EXPERIMENTS.md#2026-11-24-schedule-up-to-logsnr-8).
+    c.diffusion.logsnr_max = 8.0
+    # The briefly trained SR stages keep lambda' >= 2, so that every draw shows
+    # them a usable input to copy
+    # (docs/EXPERIMENTS.md#2026-11-24-sr-noise-augmentation-from-logsnr-2).
+    c.diffusion.aug_logsnr_min = 2.0
+    # The demo samples its base at w = 2 (or 4 and 1), its SR stages unguided.
+    c.distill.w_max = 4.0 if name == "base" else 0.0
+    c.distill.guidance_steps = 300 if name == "base" else 0
+    c.distill.start_sampling_steps = 64 if name == "base" else 32
+    c.distill.round_steps = 200
+    # Static where w is small: dynamic thresholding greys the demo teacher's
+    # DDIM samples
+    # (docs/EXPERIMENTS.md#2026-12-02-static-clipping-of-the-teachers-ddim-steps-the-demos-grey-students).
+    c.distill.thresholding = "static"
+
+  if variant == "runlocal":  # Tiny, for tests: a few updates per phase.
+    c.distill.guidance_steps = 4
+    c.distill.start_sampling_steps = 8
+    c.distill.final_sampling_steps = 2
+    c.distill.round_steps = 4
   return c
 
 
@@ -326,7 +367,7 @@ OSCILLATING_STAGES = ("base", "tsr1", "ssr1")
 
 
 def distill_config(
-  name: str, variant: str, optim: ml_collections.ConfigDict
+  name: str, optim: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:
   """Guided progressive distillation of a stage (paper Sec. 2.7; distill.py).
 
@@ -335,7 +376,7 @@ def distill_config(
   phase 2 (halving) halves its sampling steps, start_sampling_steps -> ... ->
   final_sampling_steps, one round of `round_steps` updates each (Salimans & Ho,
   2022). The paper gives no step counts for distillation: the paper variant's
-  are an estimate, not the paper's.
+  are an estimate, not the paper's. `stage_config` overrides these per variant.
   """
   guided = name in OSCILLATING_STAGES
   d = ml_collections.ConfigDict()
@@ -345,33 +386,24 @@ def distill_config(
   # Guidance weights w ~ U[w_min, w_max] of phases 1 and 2; the range must hold
   # every w the cascade samples with (oscillating: its high and low).
   d.w_min = 0.0
-  if variant == "demo":  # The demo samples its base at w = 2 (or 4 and 1), SR unguided.
-    d.w_max = 4.0 if name == "base" else 0.0
-  else:  # Oscillating guidance's high weight, or a constant w = 1 with margin.
-    d.w_max = 15.0 if guided else 2.0
+  # Oscillating guidance's high weight, or a constant w = 1 with margin.
+  d.w_max = 15.0 if guided else 2.0
   # Phase 1 updates (0 skips it: only for w_max = 0, an unguided stage).
-  d.guidance_steps = {
-    "paper": 50_000,
-    "demo": 300 if name == "base" else 0,  # The demo's SR stages sample unguided.
-  }.get(variant, 4)
-  d.start_sampling_steps = {  # The teacher's step count, where the halving starts.
-    "paper": 256 if name == "base" else 128,  # The undistilled cascade's (Table 1).
-    "demo": 64 if name == "base" else 32,
-  }.get(variant, 8)
-  d.final_sampling_steps = 2 if variant == "runlocal" else 8  # The final student's.
-  d.round_steps = {"paper": 50_000, "demo": 200}.get(variant, 4)  # Per halving.
+  d.guidance_steps = 50_000
+  # The teacher's step count, where the halving starts: the undistilled
+  # cascade's (Table 1).
+  d.start_sampling_steps = 256 if name == "base" else 128
+  d.final_sampling_steps = 8  # The final student's.
+  d.round_steps = 50_000  # Per halving.
   # Phase 2's loss (Salimans & Ho); phase 1 uses diffusion.loss.
   d.loss = "truncated_snr"
   # How the teacher's x_hat is thresholded in phase 2's DDIM steps (and the
-  # student's when sampled): dynamic for the paper's high guidance weights; static
-  # (clip to [-1, 1]) where w is small, as the demo's: dynamic thresholding greys
-  # the demo teacher's DDIM samples
-  # (docs/EXPERIMENTS.md#2026-12-02-static-clipping-of-the-teachers-ddim-steps-the-demos-grey-students).
+  # student's when sampled): dynamic for high guidance weights, static (clip to
+  # [-1, 1]) where w is small.
   d.thresholding = "dynamic" if d.w_max > 4 else "static"  # Or 'none'.
   d.optim = optim.copy_and_resolve_references()  # A fresh optimizer every round.
-  # A tenth of the demo's training rate: the student starts at a trained net.
-  d.optim.learning_rate = 1e-4 if variant == "paper" else 3e-4
-  d.optim.warmup_steps = 1_000 if variant == "paper" else 10
+  d.optim.learning_rate = 1e-4
+  d.optim.warmup_steps = 1_000
   d.optim.schedule = "constant"
-  d.ema_decay = 0.9999 if variant == "paper" else 0.99  # EMA of the student.
+  d.ema_decay = 0.9999  # EMA of the student.
   return d

@@ -1,4 +1,17 @@
-"""Stage 3, SSR: 32x80x48 at 6 fps from tsr1's 32x40x24; 1.4B parameters."""
+r"""Stage 3, SSR: 32x80x48 at 6 fps from tsr1's 32x40x24; 1.4B parameters.
+
+Train the paper stage on every worker of a TPU VM pod (launch/tpu.sh's header
+gives --create and --setup for a new pod; arguments after `--` override keys):
+  bash launch/tpu.sh --tpu=TPU --zone=ZONE --stage=ssr1 \
+    --config=configs/ssr1.py:paper --workdir=gs://BUCKET/ssr1
+the demo stage on one CPU (`:runlocal` is tiny, for tests):
+  python -m imagen_video_jax.train --config=configs/ssr1.py:demo --workdir=runs/ssr1
+and distil the trained stage (paper Sec. 2.7):
+  python -m imagen_video_jax.distill --config=configs/ssr1.py:demo \
+    --config.distill.teacher=runs/ssr1 --workdir=runs/ssr1_distilled
+launch/demo.sh trains the demo's base, tsr1 and ssr1, and
+launch/distill_demo.sh distils them.
+"""
 
 import ml_collections
 

@@ -1,4 +1,16 @@
-"""Stage 4, SSR: 32x320x192 at 6 fps from ssr1's 32x80x48; 1.2B parameters."""
+r"""Stage 4, SSR: 32x320x192 at 6 fps from ssr1's 32x80x48; 1.2B parameters.
+
+Train the paper stage on every worker of a TPU VM pod (launch/tpu.sh's header
+gives --create and --setup for a new pod; arguments after `--` override keys):
+  bash launch/tpu.sh --tpu=TPU --zone=ZONE --stage=ssr2 \
+    --config=configs/ssr2.py:paper --workdir=gs://BUCKET/ssr2
+the demo stage on one CPU (`:runlocal` is tiny, for tests):
+  python -m imagen_video_jax.train --config=configs/ssr2.py:demo --workdir=runs/ssr2
+and distil the trained stage (paper Sec. 2.7):
+  python -m imagen_video_jax.distill --config=configs/ssr2.py:demo \
+    --config.distill.teacher=runs/ssr2 --workdir=runs/ssr2_distilled
+`configs/cascade.py:demo,ssr2=True` samples the demo's ssr2 after ssr1.
+"""
 
 import ml_collections
 

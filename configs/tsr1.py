@@ -1,4 +1,17 @@
-"""Stage 2, TSR: 32x40x24 at 6 fps from the base's 16x40x24 at 3 fps; 1.7B parameters."""
+r"""Stage 2, TSR: 32x40x24 at 6 fps from the base's 16x40x24 at 3 fps; 1.7B parameters.
+
+Train the paper stage on every worker of a TPU VM pod (launch/tpu.sh's header
+gives --create and --setup for a new pod; arguments after `--` override keys):
+  bash launch/tpu.sh --tpu=TPU --zone=ZONE --stage=tsr1 \
+    --config=configs/tsr1.py:paper --workdir=gs://BUCKET/tsr1
+the demo stage on one CPU (`:runlocal` is tiny, for tests):
+  python -m imagen_video_jax.train --config=configs/tsr1.py:demo --workdir=runs/tsr1
+and distil the trained stage (paper Sec. 2.7):
+  python -m imagen_video_jax.distill --config=configs/tsr1.py:demo \
+    --config.distill.teacher=runs/tsr1 --workdir=runs/tsr1_distilled
+launch/demo.sh trains the demo's base, tsr1 and ssr1, and
+launch/distill_demo.sh distils them.
+"""
 
 import ml_collections
 

@@ -1,4 +1,16 @@
-"""Stage 5, TSR: 64x320x192 at 12 fps from ssr2's 32x320x192; 780M parameters."""
+r"""Stage 5, TSR: 64x320x192 at 12 fps from ssr2's 32x320x192; 780M parameters.
+
+Train the paper stage on every worker of a TPU VM pod (launch/tpu.sh's header
+gives --create and --setup for a new pod; arguments after `--` override keys):
+  bash launch/tpu.sh --tpu=TPU --zone=ZONE --stage=tsr2 \
+    --config=configs/tsr2.py:paper --workdir=gs://BUCKET/tsr2
+the demo stage on one CPU (`:runlocal` is tiny, for tests):
+  python -m imagen_video_jax.train --config=configs/tsr2.py:demo --workdir=runs/tsr2
+and distil the trained stage (paper Sec. 2.7):
+  python -m imagen_video_jax.distill --config=configs/tsr2.py:demo \
+    --config.distill.teacher=runs/tsr2 --workdir=runs/tsr2_distilled
+The demo cascade (configs/cascade.py:demo) stops before this stage.
+"""
 
 import ml_collections
 

@@ -1,4 +1,16 @@
-"""Stage 6, TSR: 128x320x192 at 24 fps from tsr2's 64x320x192; 630M parameters."""
+r"""Stage 6, TSR: 128x320x192 at 24 fps from tsr2's 64x320x192; 630M parameters.
+
+Train the paper stage on every worker of a TPU VM pod (launch/tpu.sh's header
+gives --create and --setup for a new pod; arguments after `--` override keys):
+  bash launch/tpu.sh --tpu=TPU --zone=ZONE --stage=tsr3 \
+    --config=configs/tsr3.py:paper --workdir=gs://BUCKET/tsr3
+the demo stage on one CPU (`:runlocal` is tiny, for tests):
+  python -m imagen_video_jax.train --config=configs/tsr3.py:demo --workdir=runs/tsr3
+and distil the trained stage (paper Sec. 2.7):
+  python -m imagen_video_jax.distill --config=configs/tsr3.py:demo \
+    --config.distill.teacher=runs/tsr3 --workdir=runs/tsr3_distilled
+The demo cascade (configs/cascade.py:demo) stops before this stage.
+"""
 
 import ml_collections
 

@@ -1,5 +1,10 @@
 """Stage configs load for every variant and reject unknown options."""
 
+import ast
+import math
+import pathlib
+import re
+
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -138,3 +143,80 @@ def test_mixture_weights_not_summing_to_one_are_renormalised_with_a_warning(capl
   config.data.mixture["bouncing_digits/images"] = 0.0
   with pytest.raises(ValueError, match=r"mixture\['bouncing_digits/images'\]=0.0"):
     config_utils.check_run_config(config)
+
+
+# Paper Fig. 6: each stage's output (frames, width, height, fps) and its input.
+PAPER_FIG6 = {
+  "base": ((16, 40, 24, 3), None),
+  "tsr1": ((32, 40, 24, 6), "base"),
+  "ssr1": ((32, 80, 48, 6), "tsr1"),
+  "ssr2": ((32, 320, 192, 6), "ssr1"),
+  "tsr2": ((64, 320, 192, 12), "ssr2"),
+  "tsr3": ((128, 320, 192, 24), "tsr2"),
+  "ssr3": ((128, 1280, 768, 24), "tsr3"),
+}
+
+
+@pytest.mark.parametrize("stage", common.STAGES)
+def test_the_paper_variant_holds_the_papers_figures(stage):
+  """The paper's values, written once in common.py, reach every paper stage."""
+  c = config_utils.load_config(f"configs/{stage}.py:paper")
+  dims, source = PAPER_FIG6[stage]
+  assert (c.stage.frames, c.stage.width, c.stage.height, c.stage.fps) == dims
+  if source is None:
+    assert c.stage.input is None
+  else:
+    i = c.stage.input
+    assert i.name == source
+    assert (i.frames, i.width, i.height, i.fps) == PAPER_FIG6[source][0]
+  assert c.text.t5_size == "xxl"  # T5-XXL encoder (Sec. 2).
+  assert c.diffusion.parameterization == "v"  # Sec. 2.4.
+  assert c.diffusion.text_dropout == 0.1  # Sec. 2.6.1, ~10%.
+  assert (c.diffusion.logsnr_min, c.diffusion.logsnr_max) == (-20.0, 20.0)
+  assert (c.dtype, c.remat, tuple(c.mesh.shape)) == ("bfloat16", "block", (1, -1, 1))
+  # Sec. 2.7: the undistilled cascade's 256 base / 128 SR steps halve to 8.
+  assert c.distill.start_sampling_steps == (256 if stage == "base" else 128)
+  assert c.distill.final_sampling_steps == 8
+  assert c.stage.crop == ((192, 320) if stage == "ssr3" else None)
+
+
+def test_the_paper_cascade_samples_as_the_paper_says():
+  c = config_utils.load_config("configs/cascade.py:paper")
+  assert tuple(c.order) == common.STAGES
+  for name in common.STAGES:
+    s = c.stages[name]
+    assert s.config == f"configs/{name}.py:paper"
+    assert s.steps == (256 if name == "base" else 128)  # Sec. 2.7.
+    assert s.sampler == "ancestral" and not s.distilled
+    g = s.guidance
+    if name in ("base", "tsr1", "ssr1"):  # Sec. 2.6.2: oscillating 15/1, dynamic.
+      assert (g.kind, g.high, g.low, s.thresholding) == (
+        "oscillating",
+        15.0,
+        1.0,
+        "dynamic",
+      )
+    else:
+      assert (g.kind, g.w) == ("constant", 1.0)
+    # Sec. 2.5: the conditioning sampled at a fixed SNR of 3.
+    assert s.aug_logsnr == (None if name == "base" else pytest.approx(math.log(3.0)))
+  students = config_utils.load_config("configs/cascade.py:paper,distilled=all")
+  assert {s.steps for s in students.stages.values()} == {8}
+
+
+@pytest.mark.parametrize("name", [*common.STAGES, "cascade"])
+def test_each_config_docstring_gives_commands_that_load(name):
+  """Every `--config=configs/...` in a config's docstring loads; its binary exists."""
+  path = f"configs/{name}.py"
+  root = pathlib.Path(__file__).parent.parent
+  doc = ast.get_docstring(ast.parse((root / path).read_text()))
+  binaries = re.findall(r"python -m (imagen_video_jax\.\w+)", doc)
+  assert binaries, f"{path}'s docstring gives no launch command"
+  for binary in binaries:
+    assert (root / (binary.replace(".", "/") + ".py")).is_file(), binary
+  specs = re.findall(r"--config=(configs/\S+)", doc)
+  if name != "cascade":
+    assert f"configs/{name}.py:paper" in specs and f"configs/{name}.py:demo" in specs
+    assert f"--stage={name} " in doc  # launch/tpu.sh's --stage.
+  for spec in specs:
+    config_utils.load_config(spec)
