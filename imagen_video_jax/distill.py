@@ -35,6 +35,7 @@ from imagen_video_jax import (
   sharding,
   train_lib,
 )
+from imagen_video_jax.models import stage_model
 
 _CONFIG = config_utils.define_config_flag("Stage config, e.g. configs/base.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir.")
@@ -76,7 +77,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # the state {step, params, opt_state, ema_params, teacher_params}; one
   # optimizer per round kind (the same state, its own schedule length).
   # ------------------------------------------------------------------------ #
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   txs = {
     "guidance": optimizers.make_optimizer(
       config.distill.optim, max(config.distill.guidance_steps, 1)

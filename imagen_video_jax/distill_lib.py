@@ -24,10 +24,9 @@ import optax
 from flax import traverse_util
 
 from imagen_video_jax import checkpointing, train_lib
-from imagen_video_jax.cascade import pipeline
 from imagen_video_jax.diffusion import distillation, guidance, losses, schedules
 from imagen_video_jax.diffusion import parameterizations as param_lib
-from imagen_video_jax.models import video_unet
+from imagen_video_jax.models import stage_model, video_unet
 
 KINDS = ("guidance", "halving")
 
@@ -151,7 +150,7 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[Any, int]:
     )
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
-  return pipeline.as_variables(params)["params"], int(meta["step"])
+  return stage_model.as_variables(params)["params"], int(meta["step"])
 
 
 def check_resume(workdir: str, config: ml_collections.ConfigDict) -> int | None:
@@ -290,18 +289,10 @@ def make_distill_step(
     if kind == "guidance":  # Phase 1: x~ = (1 + w) x_c - w x_u (eq. 5).
       logsnr = logsnr_fn(losses.sample_t(rng_t, b, diffusion.t_sampling))
       z = schedules.diffuse(x, logsnr, noise)
-      both = lambda a: jnp.concatenate([a, a])  # noqa: E731
-      # The unconditional half sees the null caption of the text dropout.
-      pair = dict(
-        {k: both(v) for k, v in cond.items()},
-        text=jnp.concatenate([cond["text"], jnp.zeros_like(cond["text"])]),
-        mask=jnp.concatenate([cond["mask"], jnp.zeros_like(cond["mask"])]),
+      out_c, out_u = stage_model.apply_cond_uncond(
+        model, teacher, z, logsnr, cond, extra_scalars=jnp.zeros((b, 1))
       )
-      out = train_lib.apply_model(
-        model, teacher, both(z), both(logsnr), pair, extra_scalars=jnp.zeros((2 * b, 1))
-      )
-      x_both = to_x(out, both(z), both(logsnr))
-      target = distillation.guided_x(x_both[:b], x_both[b:], w)
+      target = distillation.guided_x(to_x(out_c, z, logsnr), to_x(out_u, z, logsnr), w)
       loss_name = diffusion.loss
     else:  # Phase 2: one student step = two teacher DDIM steps.
       logsnr, logsnr_mid, logsnr_s, last = distillation.student_logsnrs(
@@ -310,9 +301,7 @@ def make_distill_step(
       z = schedules.diffuse(x, logsnr, noise)
 
       def teacher_x(z_, l_):
-        out = train_lib.apply_model(
-          model, teacher, z_, l_, cond, extra_scalars=w[:, None]
-        )
+        out = stage_model.apply(model, teacher, z_, l_, cond, extra_scalars=w[:, None])
         return guidance.threshold(to_x(out, z_, l_), d.thresholding)
 
       target = distillation.two_step_target(
@@ -323,7 +312,7 @@ def make_distill_step(
     eps_target = param_lib.eps_from_x(z, target, logsnr)
 
     def loss_fn(params):
-      out = train_lib.apply_model(
+      out = stage_model.apply(
         model,
         params,
         z,

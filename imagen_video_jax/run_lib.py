@@ -40,7 +40,7 @@ from imagen_video_jax import (
   sharding,
   train_lib,
 )
-from imagen_video_jax.models import text_encoder
+from imagen_video_jax.models import stage_model, text_encoder
 
 # Dense bf16 peak FLOP/s per device, by substring of `jax.Device.device_kind`.
 PEAK_FLOPS = (
@@ -380,7 +380,7 @@ def jit_train_step(
   logical axes; the step is traced under the mesh and the rules so that the
   models' activation constraints take effect, and donates its state.
   """
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   abstract_state, state_shardings = sharding.abstract_state(

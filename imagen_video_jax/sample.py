@@ -46,7 +46,7 @@ from imagen_video_jax import (
   video_io,
 )
 from imagen_video_jax.cascade import inputs, outputs, pipeline, stages
-from imagen_video_jax.models import text_encoder
+from imagen_video_jax.models import stage_model, text_encoder
 
 _CONFIG = config_utils.define_config_flag("configs/cascade.py:VARIANT")
 _PROMPTS = flags.DEFINE_string("prompts", None, "Prompt file: one prompt per line.")
@@ -237,7 +237,7 @@ def sample(
   batch_shardings = [jax.NamedSharding(m, jax.P("data")) for m in meshes]
   variables = [
     jax.device_put(
-      pipeline.as_variables(pipeline.sampling_params(p, c)),
+      stage_model.as_variables(stage_model.sampling_params(p, c)),
       jax.NamedSharding(m, jax.P()),
     )
     for p, c, m in zip(loaded.ema, configs, meshes, strict=True)

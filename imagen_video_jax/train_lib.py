@@ -2,10 +2,11 @@
 
 `train.py` wires these to the mesh, the data and the checkpoints (with
 `run_lib`'s help). Everything here is a pure function of arrays and configs:
-the model from the config (the optimizer is `optimizers.py`), the initial state, the conditioning
-of a batch, the train step (diffusion loss, text dropout, SR conditioning,
-clipped AdamW, EMA, skipping of non-finite steps) and the per-logSNR-bucket
-loss sums. `distill_lib` builds its steps from the same pieces.
+the initial state, the conditioning of a batch, the train step (diffusion
+loss, text dropout, SR conditioning, clipped AdamW, EMA, skipping of
+non-finite steps) and the per-logSNR-bucket loss sums. The network itself is
+`models/stage_model.py`'s, the optimizer `optimizers.py`'s. `distill_lib`
+builds its steps from the same pieces.
 """
 
 from collections.abc import Callable
@@ -18,9 +19,9 @@ import numpy as np
 import optax
 
 from imagen_video_jax import config_utils
-from imagen_video_jax.cascade import conditioning, stages
+from imagen_video_jax.cascade import conditioning
 from imagen_video_jax.diffusion import losses, schedules
-from imagen_video_jax.models import t5, video_unet
+from imagen_video_jax.models import stage_model, video_unet
 
 # Edges of the logSNR buckets the loss is reported in (lambda in [-20, 20]).
 LOGSNR_BUCKETS = (-20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
@@ -35,25 +36,6 @@ def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
   """
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
   return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-
-
-def drop_text(
-  text: jax.Array, mask: jax.Array, rng: jax.Array, rate: float
-) -> tuple[jax.Array, jax.Array]:
-  """Classifier-free guidance dropout (paper Sec. 2.6.1, Ho & Salimans 2022).
-
-  Args:
-    text: [B, L, D] text embeddings.
-    mask: [B, L] bool, valid tokens.
-    rng: PRNG key.
-    rate: probability that an example is made unconditional.
-
-  Returns:
-    (text, mask) with the dropped examples' embeddings and mask zeroed, the
-    null condition the sampler uses for the unconditional prediction.
-  """
-  keep = jax.random.bernoulli(rng, 1.0 - rate, text.shape[:1])
-  return text * keep[:, None, None].astype(text.dtype), mask & keep[:, None]
 
 
 def sr_conditioning(
@@ -96,54 +78,8 @@ def bucket_sums(loss: jax.Array, logsnr: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 # --------------------------------------------------------------------------- #
-# Model, state and the train step.
+# State and the train step.
 # --------------------------------------------------------------------------- #
-def make_model(config: ml_collections.ConfigDict) -> video_unet.VideoUNet:
-  """VideoUNet(**config.model) with the run's config.dtype and config.remat."""
-  config_utils.check_compute(config)
-  stages.check_conditioning(config.stage.name, config)
-  return video_unet.VideoUNet(
-    **config.model, dtype=config.dtype, remat=config.remat != "none"
-  )
-
-
-def text_dim(config: ml_collections.ConfigDict) -> int:
-  """Width D of the text embeddings (T5 d_model of config.text.t5_size)."""
-  return t5.t5_config(config.text.t5_size).d_model
-
-
-def dummy_inputs(
-  config: ml_collections.ConfigDict,
-  batch: int = 1,
-  frames: int | None = None,
-  height: int | None = None,
-  width: int | None = None,
-  text_length: int = 8,
-) -> dict:
-  """Zero inputs of the right shapes for the stage's VideoUNet init/apply.
-
-  Frames and resolution default to the stage's (config.stage); parameter
-  shapes do not depend on them.
-  """
-  m = config.model
-  t = frames or config.stage.frames
-  h = height or config.stage.height
-  w = width or config.stage.width
-  kw = dict(
-    z=jnp.zeros((batch, t, h, w, m.out_channels), jnp.float32),
-    logsnr=jnp.zeros((batch,), jnp.float32),
-    text=jnp.zeros((batch, text_length, text_dim(config)), jnp.float32),
-    text_mask=jnp.ones((batch, text_length), bool),
-  )
-  if m.cond_channels:
-    kw["cond_video"] = jnp.zeros((batch, t, h, w, m.cond_channels), jnp.float32)
-  if m.use_aug_embedding:
-    kw["aug_logsnr"] = jnp.zeros((batch,), jnp.float32)
-  if m.num_extra_scalars:
-    kw["extra_scalars"] = jnp.zeros((batch, m.num_extra_scalars), jnp.float32)
-  return kw
-
-
 def make_init_fn(
   config: ml_collections.ConfigDict,
   model: video_unet.VideoUNet,
@@ -154,7 +90,7 @@ def make_init_fn(
   height, width = stage.train_hw
 
   def init_fn(rng: jax.Array) -> dict[str, Any]:
-    inputs = dummy_inputs(
+    inputs = stage_model.dummy_inputs(
       config,
       frames=stage.train_frames,
       height=height,
@@ -196,42 +132,13 @@ def conditioning_inputs(
     text = jax.lax.stop_gradient(
       text_apply(text_params, batch["tokens"], batch["text_mask"])
     )
-  text, mask = drop_text(text, batch["text_mask"], rng_text, text_dropout)
+  text, mask = stage_model.drop_text(text, batch["text_mask"], rng_text, text_dropout)
   cond = dict(text=text, mask=mask, is_image=batch["is_image"])
   if config.stage.input is not None:
     cond["video"], cond["aug_logsnr"] = sr_conditioning(
       batch["cond_video"], rng_cond, batch["video"].shape[1:4], config.diffusion
     )
   return cond
-
-
-def apply_model(
-  model: video_unet.VideoUNet,
-  params: Any,
-  z: jax.Array,
-  logsnr: jax.Array,
-  cond: dict[str, jax.Array],
-  *,
-  extra_scalars: jax.Array | None = None,
-  rng_dropout: jax.Array | None = None,
-) -> jax.Array:
-  """The U-Net on z [B, ...] at logsnr [B] given `conditioning_inputs`' dict.
-
-  Dropout is on (train mode) when `rng_dropout` is given.
-  """
-  return model.apply(
-    {"params": params},
-    z,
-    logsnr,
-    cond["text"],
-    cond["mask"],
-    cond_video=cond.get("video"),
-    aug_logsnr=cond.get("aug_logsnr"),
-    is_image=cond["is_image"],
-    extra_scalars=extra_scalars,
-    train=rng_dropout is not None,
-    rngs={} if rng_dropout is None else {"dropout": rng_dropout},
-  )
 
 
 def update_state(
@@ -323,7 +230,7 @@ def make_train_step(
 
     def loss_fn(params):
       def denoise_fn(z, logsnr, c):
-        return apply_model(model, params, z, logsnr, c, rng_dropout=rng_dropout)
+        return stage_model.apply(model, params, z, logsnr, c, rng_dropout=rng_dropout)
 
       loss, logsnr = losses.diffusion_loss(
         denoise_fn,
@@ -375,7 +282,9 @@ def batch_shapes(
     shape = (b, frames, round(s_in.height * scale_h), round(s_in.width * scale_w), 3)
     shapes["cond_video"] = jax.ShapeDtypeStruct(shape, f32)
   if config.text.precomputed:
-    shapes["text_emb"] = jax.ShapeDtypeStruct((b, length, text_dim(config)), f32)
+    shapes["text_emb"] = jax.ShapeDtypeStruct(
+      (b, length, stage_model.text_dim(config)), f32
+    )
   else:
     shapes["tokens"] = jax.ShapeDtypeStruct((b, length), jnp.int32)
   if sharding is not None:  # Specs to lower a step for: sharding.batch_sharding.

@@ -10,7 +10,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common
-from imagen_video_jax import config_utils, train_lib
+from imagen_video_jax import config_utils
+from imagen_video_jax.models import stage_model
 
 
 @pytest.mark.parametrize("stage", common.STAGES)
@@ -86,15 +87,15 @@ def test_stage_shape_reads_the_table_and_the_training_crop():
 def test_dtype_and_remat_are_one_key_each_and_checked():
   """config.dtype and config.remat reach the model; model.dtype is no key."""
   config = _flag_config("--config.dtype=bfloat16", "--config.remat=full")
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   assert (model.dtype, model.remat) == ("bfloat16", True)
-  assert not train_lib.make_model(_flag_config()).remat
+  assert not stage_model.make_model(_flag_config()).remat
   with pytest.raises(AttributeError, match="dtype"):  # Not a key of config.model.
     _flag_config("--config.model.dtype=bfloat16")
   for key, value in (("dtype", "float16"), ("remat", "some")):
     config = _flag_config(f"--config.{key}={value}")
     with pytest.raises(ValueError, match=rf"config.{key}='{value}' must be one of"):
-      train_lib.make_model(config)
+      stage_model.make_model(config)
     with pytest.raises(ValueError, match=rf"config.{key}='{value}' must be one of"):
       config_utils.check_run_config(config)
 

@@ -41,6 +41,7 @@ from imagen_video_jax import (
 )
 from imagen_video_jax.diffusion import distillation, guidance, schedules
 from imagen_video_jax.diffusion import parameterizations as param_lib
+from imagen_video_jax.models import stage_model
 
 
 # --------------------------------------------------------------------------- #
@@ -188,10 +189,10 @@ def _student(spec="configs/base.py:runlocal", **distill):
   config.distill.update(distill, teacher="unused")
   student_config = distill_lib.student_config(config)
   tx, _ = optimizers.make_optimizer(student_config.distill.optim, 100)
-  teacher_init = train_lib.make_init_fn(config, train_lib.make_model(config), tx)
+  teacher_init = train_lib.make_init_fn(config, stage_model.make_model(config), tx)
   # Every path live (text included), unlike a fresh init's zero output layers.
   teacher = _random_params(jax.eval_shape(teacher_init, jax.random.key(0))["params"])
-  model = train_lib.make_model(student_config)
+  model = stage_model.make_model(student_config)
   init_fn = train_lib.make_init_fn(student_config, model, tx)
   fresh = flax.core.meta.unbox(jax.jit(init_fn)(jax.random.key(0))["params"])
   student = distill_lib.merge_teacher(fresh, teacher, "teacher")
@@ -211,20 +212,20 @@ def test_student_equals_the_teacher_at_step_zero():
   batch = train_lib.synthetic_batch(config, 2)
   cond = _cond(config, batch)
   z, logsnr = jnp.asarray(batch["video"]), jnp.array([-2.0, 3.0])
-  teacher_model = train_lib.make_model(
+  teacher_model = stage_model.make_model(
     ml_collections.ConfigDict(
       dict(config.to_dict(), model=dict(config.model, num_extra_scalars=0))
     )
   )
-  want = train_lib.apply_model(teacher_model, teacher, z, logsnr, cond)
+  want = stage_model.apply(teacher_model, teacher, z, logsnr, cond)
   for w in (0.0, 7.5):
-    got = train_lib.apply_model(
+    got = stage_model.apply(
       model, student, z, logsnr, cond, extra_scalars=jnp.full((2, 1), w)
     )
     np.testing.assert_array_equal(got, want)
   # The embedding of w is live (only its output layer starts at zero).
   student["extra_embed_0"]["dense_1"]["kernel"] += 0.1
-  moved = train_lib.apply_model(
+  moved = stage_model.apply(
     model, student, z, logsnr, cond, extra_scalars=jnp.full((2, 1), 7.5)
   )
   assert np.max(np.abs(moved - want)) > 1e-4
@@ -258,7 +259,7 @@ def _learn(kind, error_fn, steps=100, **distill):
 
 
 def _x(model, params, z, logsnr, cond, w):
-  out = train_lib.apply_model(model, params, z, logsnr, cond, extra_scalars=w[:, None])
+  out = stage_model.apply(model, params, z, logsnr, cond, extra_scalars=w[:, None])
   return param_lib.to_x_eps_v(out, z, logsnr, "v")[0]
 
 
@@ -483,7 +484,7 @@ def _students(teachers, distilled, root):
     teacher, _ = distill_lib.load_teacher(config)
     workdir = str(root / f"{name}_distilled")
     checkpointing.prepare_workdir(workdir, config)
-    model = train_lib.make_model(config)
+    model = stage_model.make_model(config)
     tx, _ = optimizers.make_optimizer(config.distill.optim, 1)
     shapes = jax.eval_shape(
       train_lib.make_init_fn(config, model, tx), jax.random.key(0)

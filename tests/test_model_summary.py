@@ -3,8 +3,8 @@
 import pytest
 
 from configs import common
-from imagen_video_jax import config_utils, train_lib
-from imagen_video_jax.models import summary
+from imagen_video_jax import config_utils
+from imagen_video_jax.models import stage_model, summary
 
 # Paper Fig. 6: parameters per stage.
 PAPER_PARAMS = dict(
@@ -15,7 +15,7 @@ PAPER_PARAMS = dict(
 @pytest.mark.parametrize("stage", common.STAGES)
 def test_paper_param_counts_match_fig6(stage):
   config = config_utils.load_config(f"configs/{stage}.py:paper")
-  assert train_lib.text_dim(config) == 4096  # T5-XXL width feeds the text layers.
+  assert stage_model.text_dim(config) == 4096  # T5-XXL width feeds the text layers.
   counts = summary.param_counts(config)
   assert abs(counts["total"] / PAPER_PARAMS[stage] - 1) < 0.05, counts["total"]
   levels = [k for k in counts if k.startswith("level_")]

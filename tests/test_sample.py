@@ -19,7 +19,7 @@ from test_train import xla_flags
 from configs import common
 from imagen_video_jax import checkpointing, config_utils, sample, video_io
 from imagen_video_jax.cascade import inputs, outputs, pipeline, stages
-from imagen_video_jax.models import t5, tokenizers, video_unet
+from imagen_video_jax.models import stage_model, t5, tokenizers, video_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,18 +152,18 @@ def test_augmentation_check_names_stage_and_range():
 def test_conditioning_check_names_stage_and_key():
   base, tsr1 = _configs("base.py:demo", "tsr1.py:demo")
   for name, cfg in (("base", base), ("tsr1", tsr1)):
-    stages.check_conditioning(name, cfg)
+    stage_model.check_conditioning(name, cfg)
   tsr1.model.cond_skip = True
-  stages.check_conditioning("tsr1", tsr1)
+  stage_model.check_conditioning("tsr1", tsr1)
   tsr1.diffusion.parameterization = "eps"
   with pytest.raises(ValueError, match=r"'tsr1'.*parameterization='v'; got 'eps'"):
-    stages.check_conditioning("tsr1", tsr1)
+    stage_model.check_conditioning("tsr1", tsr1)
   base.model.cond_skip = True
   with pytest.raises(ValueError, match=r"'base'.*needs an SR stage"):
-    stages.check_conditioning("base", base)
+    stage_model.check_conditioning("base", base)
   tsr1.diffusion.temporal_upsample = "nearest"
   with pytest.raises(ValueError, match=r"'tsr1'.*temporal_upsample='nearest'"):
-    stages.check_conditioning("tsr1", tsr1)
+    stage_model.check_conditioning("tsr1", tsr1)
 
 
 def test_runlocal_cascade_has_paper_ratios():
@@ -310,17 +310,17 @@ def test_frames_split_over_devices_give_the_same_videos_in_less_memory():
 
 def test_sampling_params_take_the_compute_dtype():
   params = {"w": jnp.ones((2, 3)), "step": jnp.array(3, jnp.int32)}
-  bf16 = pipeline.sampling_params(
+  bf16 = stage_model.sampling_params(
     params, ml_collections.ConfigDict(dict(dtype="bfloat16"))
   )
   assert bf16["w"].dtype == jnp.bfloat16 and bf16["step"].dtype == jnp.int32
   np.testing.assert_array_equal(bf16["w"].astype(jnp.float32), params["w"])
-  f32 = pipeline.sampling_params(
+  f32 = stage_model.sampling_params(
     params, ml_collections.ConfigDict(dict(dtype="float32"))
   )
   assert f32["w"] is params["w"]
   spec = {"w": jax.ShapeDtypeStruct((4,), jnp.float32, sharding=None)}
-  abstract = pipeline.sampling_params(
+  abstract = stage_model.sampling_params(
     spec, ml_collections.ConfigDict(dict(dtype="bfloat16"))
   )
   assert abstract["w"].shape == (4,) and abstract["w"].dtype == jnp.bfloat16
@@ -365,7 +365,7 @@ def test_sample_is_independent_of_its_batch(runlocal_root):
   """Sample i depends on its own key only, not on what it was batched with."""
   config = config_utils.load_config("configs/base.py:runlocal")
   settings = config_utils.load_config("configs/cascade.py:runlocal").stages.base
-  variables = pipeline.as_variables(
+  variables = stage_model.as_variables(
     checkpointing.restore_ema_params(str(runlocal_root / "base"))
   )
   fn = jax.jit(pipeline.make_stage_fn(config, settings))

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from imagen_video_jax import config_utils, optimizers, run_lib, sharding, train_lib
-from imagen_video_jax.models import text_encoder
+from imagen_video_jax.models import stage_model, text_encoder
 
 needs_8 = pytest.mark.skipif(
   jax.device_count() < 8,
@@ -139,7 +139,7 @@ def test_rules_naming_unknown_mesh_axes_are_rejected():
 def one_step_fn(config, mesh):
   """(train step jitted on `mesh`, initial state, text params)."""
   rules = sharding.logical_rules(config.logical_axis_rules)
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   _, shardings = sharding.abstract_state(init_fn, jax.random.key(0), mesh, rules)
@@ -248,7 +248,7 @@ def test_model_activations_carry_the_sharding_their_constraints_name():
   assert len(re.findall("sdy.sharding_constraint %\\S+ <@mesh, " + video, text)) > 10
   # The same step traced without the rules (the old defect): flax drops them.
   config = config_utils.load_config("configs/base.py:runlocal")
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
   bare = jax.jit(train_lib.make_train_step(config, model, tx, lr_fn, None))
   config.text.precomputed = True
@@ -266,7 +266,7 @@ def test_the_paper_configs_leave_no_large_parameter_whole_on_a_pod(stage):
   # ssr2's width of 128 the kernels of its 128-channel levels, 6 MiB in all.
   config = config_utils.load_config(f"configs/{stage}.py:paper")
   mesh = jax.sharding.AbstractMesh((1, 256, 1), sharding.MESH_AXES)
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   tx, _ = optimizers.make_optimizer(config.optim, config.total_steps)
   boxed = jax.eval_shape(train_lib.make_init_fn(config, model, tx), jax.random.key(0))
   found = sharding.undivided(boxed["params"], mesh, config.logical_axis_rules)

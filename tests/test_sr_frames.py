@@ -8,6 +8,7 @@ from test_sample import _NoData
 from imagen_video_jax import checkpointing, config_utils, optimizers, train_lib
 from imagen_video_jax.benchmarks import sr_frames
 from imagen_video_jax.metrics import alignment
+from imagen_video_jax.models import stage_model
 
 
 def test_the_stage_is_sampled_on_each_captions_clip_and_judged_per_frame(tmp_path):
@@ -18,7 +19,7 @@ def test_the_stage_is_sampled_on_each_captions_clip_and_judged_per_frame(tmp_pat
   config = config_utils.load_config("configs/tsr1.py:runlocal")
   workdir = str(tmp_path / "tsr1")
   checkpointing.prepare_workdir(workdir, config)
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   tx, _ = optimizers.make_optimizer(config.optim, 10)
   state = jax.device_get(train_lib.make_init_fn(config, model, tx)(jax.random.key(0)))
   state = jax.tree.map(np.asarray, flax.core.meta.unbox(state))

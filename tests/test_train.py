@@ -19,6 +19,7 @@ import pytest
 from test_checkpointing import damage
 
 from imagen_video_jax import config_utils, leases, optimizers, run_lib, train_lib
+from imagen_video_jax.models import stage_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
@@ -410,7 +411,7 @@ def test_one_host_run_resumes_on_two_hosts_with_data_and_fsdp_axes(
 def test_stage_shape_that_does_not_fit_the_model_is_named():
   config = config_utils.load_config("configs/base.py:runlocal")
   config.stage.height = 7  # Two U-Net levels need a multiple of 2.
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   tx, _ = optimizers.make_optimizer(config.optim, config.total_steps)
   init_fn = train_lib.make_init_fn(config, model, tx)
   with pytest.raises(ValueError, match="height 7"):

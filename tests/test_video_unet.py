@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_video_jax import config_utils, train_lib
-from imagen_video_jax.models import attention, layers, t5, video_unet
+from imagen_video_jax import config_utils
+from imagen_video_jax.models import attention, layers, stage_model, t5, video_unet
 
 B, T, H, W, L = 2, 4, 8, 8, 5
 
@@ -19,7 +19,7 @@ def _inputs(config, seed=0, frames=T):
   kw = dict(
     z=jax.random.normal(ks[0], (B, frames, H, W, 3)),
     logsnr=jnp.array([-3.0, 5.0]),
-    text=jax.random.normal(ks[1], (B, L, train_lib.text_dim(config))),
+    text=jax.random.normal(ks[1], (B, L, stage_model.text_dim(config))),
     text_mask=jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool),
   )
   if m.cond_channels:

@@ -44,6 +44,7 @@ from absl import app, flags
 
 from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
 from imagen_video_jax.cascade import pipeline
+from imagen_video_jax.models import stage_model
 
 _CONFIG = flags.DEFINE_string(
   "config", None, "A stage config (train, text) or configs/cascade.py:VARIANT."
@@ -231,15 +232,15 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
   mesh = pipeline.make_mesh(devices, shards)
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  model = train_lib.make_model(config)
+  model = stage_model.make_model(config)
   init_fn = train_lib.make_init_fn(config, model, optax.identity())
   params = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0))["ema_params"])
   variables = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-    pipeline.as_variables(pipeline.sampling_params(params, config)),
+    stage_model.as_variables(stage_model.sampling_params(params, config)),
   )
   batch = _BATCH_PER_CHIP.value * len(devices)
-  length, dim = config.text.max_length, train_lib.text_dim(config)
+  length, dim = config.text.max_length, stage_model.text_dim(config)
 
   def spec(shape, dtype):
     return jax.ShapeDtypeStruct((batch, *shape), dtype, sharding=batch_sharding)

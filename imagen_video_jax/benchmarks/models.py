@@ -16,7 +16,8 @@ import numpy as np
 from absl import app, flags
 
 from configs import common
-from imagen_video_jax import config_utils, train_lib
+from imagen_video_jax import config_utils
+from imagen_video_jax.models import stage_model
 
 _STAGES = flags.DEFINE_list("stages", list(common.STAGES), "Stages to benchmark.")
 _VARIANTS = flags.DEFINE_list("variants", ["demo", "runlocal"], "Config variants.")
@@ -45,9 +46,9 @@ def benchmark(spec: str, batch: int = 2, repeats: int = 3) -> dict:
   """Params, ms/example and FLOPs/example of forward and forward+backward."""
   config = config_utils.load_config(spec)
   height, width = config.stage.crop or (config.stage.height, config.stage.width)
-  kw = train_lib.dummy_inputs(config, batch=batch, height=height, width=width)
+  kw = stage_model.dummy_inputs(config, batch=batch, height=height, width=width)
   kw["z"] = jax.random.normal(jax.random.key(0), kw["z"].shape)
-  net = train_lib.make_model(config)
+  net = stage_model.make_model(config)
   params = jax.jit(lambda kw: net.init(jax.random.key(0), **kw))(kw)["params"]
 
   def forward(params, kw):

@@ -19,7 +19,7 @@ from absl import app, flags
 from imagen_video_jax import evaluate, sample, video_io
 from imagen_video_jax.cascade import pipeline, stages
 from imagen_video_jax.metrics import alignment
-from imagen_video_jax.models import text_encoder
+from imagen_video_jax.models import stage_model, text_encoder
 
 _STAGE = flags.DEFINE_string("stage", "tsr1", "The SR stage to judge.")
 _NUM = flags.DEFINE_integer("num", 64, "Test clips (the demo's prompts).")
@@ -42,7 +42,7 @@ def stage_outputs(
     "test", num, config.stage.frames, config.stage.height, config.stage.width
   )
   emb, mask = text_encoder.TextEncoder.from_config(loaded.text_config).encode(captions)
-  variables = pipeline.as_variables(pipeline.sampling_params(params, config))
+  variables = stage_model.as_variables(stage_model.sampling_params(params, config))
   keys = np.stack([jax.random.key_data(jax.random.key(seed + i)) for i in range(num)])
   stage_fn = jax.jit(pipeline.make_stage_fn(config, settings))
   prev = inputs.astype(np.float32) / 127.5 - 1.0

@@ -28,6 +28,7 @@ from imagen_video_jax import (
   sharding,
   train_lib,
 )
+from imagen_video_jax.models import stage_model
 
 _STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
@@ -64,7 +65,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     )
     extra = ()
   else:  # distill.py's steps, on a state holding the teacher's params too.
-    model = train_lib.make_model(config)
+    model = stage_model.make_model(config)
     tx, lr_fn = optimizers.make_optimizer(config.distill.optim, config.total_steps)
     step_fn = distill_lib.make_distill_step(
       config,

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from imagen_video_jax.diffusion import schedules
-
-TEMPORAL = ("repeat", "linear")
+from imagen_video_jax.models import stage_model
 
 
 def upsample(
@@ -44,8 +43,8 @@ def upsample(
     )
   if height <= 0 or width <= 0:
     raise ValueError(f"height={height}, width={width} must be positive.")
-  if temporal not in TEMPORAL:
-    raise ValueError(f"temporal={temporal!r}; expected one of {TEMPORAL}.")
+  if temporal not in stage_model.TEMPORAL:
+    raise ValueError(f"temporal={temporal!r}; expected one of {stage_model.TEMPORAL}.")
   r = frames // t_in
   if r > 1 and temporal == "repeat":
     # Temporal SR input: frame i of the output is frame i // r of the input.

@@ -13,15 +13,15 @@ drawn in, and whatever the mesh.
 """
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imagen_video_jax import sharding, train_lib
+from imagen_video_jax import sharding
 from imagen_video_jax.cascade import conditioning, stages
 from imagen_video_jax.diffusion import guidance, samplers, schedules
+from imagen_video_jax.models import stage_model
 
 Array = jax.Array
 # stage_fn(variables, keys [B, 2], text_emb [B, L, D], text_mask [B, L],
@@ -92,30 +92,19 @@ def _model_fn(
   activations live at once.
   """
 
+  c = dict(text=emb, mask=mask)
+  if cond is not None:
+    c.update(video=cond, aug_logsnr=aug)
+  params = None if variables is None else variables["params"]
+
   def fn(z, logsnr, step):
-    kw = {} if cond is None else dict(cond_video=cond, aug_logsnr=aug)
-    if extra:
-      kw["extra_scalars"] = jnp.full((z.shape[0], 1), weights[step])
+    extra_scalars = jnp.full((z.shape[0], 1), weights[step]) if extra else None
     if single:
-      out = model.apply(variables, z, logsnr, emb, mask, **kw)
+      out = stage_model.apply(model, params, z, logsnr, c, extra_scalars=extra_scalars)
       return out, out
-    if not batched:
-      out = model.apply(variables, z, logsnr, emb, mask, **kw)
-      # The barrier makes the unconditional call wait for the conditional one,
-      # so XLA can't overlap (and hold the activations of) both.
-      out, z = jax.lax.optimization_barrier((out, z))
-      no_text = jnp.zeros_like(emb), jnp.zeros_like(mask)
-      return out, model.apply(variables, z, logsnr, *no_text, **kw)
-    both = lambda x: jnp.concatenate([x, x])  # noqa: E731
-    out = model.apply(
-      variables,
-      both(z),
-      both(logsnr),
-      jnp.concatenate([emb, jnp.zeros_like(emb)]),
-      jnp.concatenate([mask, jnp.zeros_like(mask)]),
-      **{k: both(v) for k, v in kw.items()},
+    return stage_model.apply_cond_uncond(
+      model, params, z, logsnr, c, extra_scalars=extra_scalars, batched=batched
     )
-    return out[: z.shape[0]], out[z.shape[0] :]
 
   return fn
 
@@ -154,7 +143,7 @@ def make_stage_fn(
   logsnr_fn = schedules.get_logsnr_fn(d.schedule, d.logsnr_min, d.logsnr_max)
   is_sr = config.stage.input is not None
   stages.check_augmentation([config.stage.name], [config], [settings.get("aug_logsnr")])
-  model = train_lib.make_model(config)  # Checks the conditioning too.
+  model = stage_model.make_model(config)  # Checks the conditioning too.
   shards = 1 if mesh is None else mesh.shape["frames"]
   if frames % shards:
     raise ValueError(
@@ -247,28 +236,3 @@ def make_stage_fn(
   if shards > 1:  # The models' activation constraints take effect.
     return sharding.under_rules(stage_fn, mesh, SAMPLING_RULES)
   return stage_fn
-
-
-def as_variables(params: dict) -> dict:
-  """Restored EMA params -> flax variables ({'params': ...})."""
-  return params if set(params) == {"params"} else {"params": params}
-
-
-def sampling_params(params: Any, config: ml_collections.ConfigDict) -> Any:
-  """EMA params in the stage's compute dtype (config.dtype), for sampling.
-
-  A bfloat16 stage casts its float32 weights to bfloat16 in every layer anyway;
-  casting them once before they are replicated halves each device's copy (the
-  paper base: 22.8 -> 11.4 GB, which fits a 16 GB v5e chip). A float32 stage's
-  params come back unchanged.
-  """
-  dtype = jnp.dtype(config.dtype)
-
-  def cast(x):
-    if dtype == x.dtype or not jnp.issubdtype(x.dtype, jnp.floating):
-      return x
-    if isinstance(x, jax.ShapeDtypeStruct):
-      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
-    return x.astype(dtype)
-
-  return jax.tree.map(cast, params)

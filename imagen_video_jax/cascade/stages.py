@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import ml_collections
 
 from imagen_video_jax import config_utils
-from imagen_video_jax.cascade import conditioning
 
 
 def output_shape(config: ml_collections.ConfigDict) -> config_utils.StageShape:
@@ -109,33 +108,6 @@ def check_chain(
         f"Stage {name!r}: its {shape_out.frames} frames are not a multiple of its "
         f"input's {shape_in.frames} frames (temporal SR repeats frames)."
       )
-
-
-def check_conditioning(name: str, config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError if a stage's SR-conditioning keys do not fit together.
-
-  `model.cond_skip` offsets the network's v output by -sigma_t cond, which only
-  means "predict the residual x - cond" for an SR stage with parameterization
-  'v'; `diffusion.temporal_upsample` must be a method `conditioning.upsample`
-  knows.
-  """
-  how = config.diffusion.temporal_upsample
-  if how not in conditioning.TEMPORAL:
-    raise ValueError(
-      f"Stage {name!r}: diffusion.temporal_upsample={how!r}; expected one of "
-      f"{conditioning.TEMPORAL}."
-    )
-  if not config.model.cond_skip:
-    return
-  if input_shape(config) is None:
-    raise ValueError(
-      f"Stage {name!r}: model.cond_skip needs an SR stage (stage.input is None)."
-    )
-  if config.diffusion.parameterization != "v":
-    raise ValueError(
-      f"Stage {name!r}: model.cond_skip needs diffusion.parameterization='v'; "
-      f"got {config.diffusion.parameterization!r}."
-    )
 
 
 def check_augmentation(

@@ -13,15 +13,14 @@ import jax
 import ml_collections
 from absl import app, flags
 
-from imagen_video_jax import train_lib
-from imagen_video_jax.models import video_unet
+from imagen_video_jax.models import stage_model, video_unet
 
 
 def param_shapes(config: ml_collections.ConfigDict):
   """The params pytree of jax.ShapeDtypeStruct (logical-axis boxes removed)."""
   model = video_unet.VideoUNet(**config.model)
   side = 2 ** (len(config.model.channel_mult) - 1)
-  inputs = train_lib.dummy_inputs(config, frames=2, height=side, width=side)
+  inputs = stage_model.dummy_inputs(config, frames=2, height=side, width=side)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))
   return jax.tree.map(
     lambda x: x.value if hasattr(x, "value") else x,
@@ -54,7 +53,7 @@ def summarize(spec: str) -> str:
   counts = param_counts(config)
   m = config.model
   lines = [
-    f"VideoUNet of stage {config.stage.name!r} ({spec}), text width {train_lib.text_dim(config)}",
+    f"VideoUNet of stage {config.stage.name!r} ({spec}), text width {stage_model.text_dim(config)}",
     f"{'':8} {'channels':>8} {'blocks':>6} {'spatial':>7} {'cross':>5} "
     f"{'temporal':>9} {'params':>15}",
   ]

@@ -6,7 +6,7 @@ relative position bias, or a kernel-3 conv along time) mix frames. Resolution
 changes are spatial only, so the frame count is free and a model trained on T
 frames runs on more or fewer.
 
-A stage is data: `VideoUNet(**config.model)` (train_lib.make_model adds the
+A stage is data: `VideoUNet(**config.model)` (stage_model.make_model adds the
 run's compute dtype and remat).
 """
 
@@ -62,7 +62,7 @@ class UNetBlock(nn.Module):
 
 class VideoUNet(nn.Module):
   """Video U-Net; fields are the keys of `config.model` (configs/common.py),
-  and the run's compute settings `dtype` and `remat` (train_lib.make_model).
+  and the run's compute settings `dtype` and `remat` (stage_model.make_model).
 
   Per-level lists run from the highest resolution (level 0) to the lowest.
   Parameters are named `down_{level}_{i}`, `up_{level}_{i}`, `mid_{i}`, so
