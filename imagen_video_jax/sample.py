@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -173,24 +174,100 @@ def compile_stages(
   order (each stage's input is the previous one's output), then compiled on
   threads, all at once (XLA compiles off the GIL).
   """
-  batch = text_shapes[0].shape[0]
   video = first_input
   lowered = []
   for c, s, v, mesh in zip(loaded.configs, loaded.settings, variables, meshes):
-    sharded = jax.NamedSharding(mesh, jax.P("data"))
-
-    def spec(x, sharded=sharded):  # A batch-sharded argument of the stage.
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded)
-
-    fn = jax.jit(
-      pipeline.make_stage_fn(c, s, mesh=mesh, on_step=on_step), out_shardings=sharded
-    )
-    keys = jax.ShapeDtypeStruct((batch, 2), np.uint32)
-    prev = None if video is None else spec(video)
-    lowered.append(fn.lower(v, spec(keys), *map(spec, text_shapes), prev))
+    lowered.append(pipeline.lower_stage(c, s, v, mesh, text_shapes, video, on_step))
     video = lowered[-1].out_info
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
     return list(pool.map(lambda low: low.compile(), lowered))
+
+
+class _Progress:
+  """A progress bar per stage run, stepped from inside the compiled loop.
+
+  The stage functions call `on_step` (a `jax.debug.callback`) with each
+  sampling step, maybe once per sample and device; `bar` opens the bar of the
+  stage run in progress, and steps outside one are ignored.
+  """
+
+  def __init__(self) -> None:
+    self._bar = None
+
+  def on_step(self, step: Any) -> None:
+    done = int(step) + 1
+    if self._bar is not None and done > self._bar.n:
+      self._bar.update(done - self._bar.n)
+
+  @contextlib.contextmanager
+  def bar(self, total: int, desc: str) -> Iterator[None]:
+    self._bar = tqdm.tqdm(total=total, desc=desc, leave=False)
+    try:
+      yield
+    finally:
+      self._bar.close()
+      self._bar = None
+
+
+def place_stages(
+  loaded: LoadedCascade, devices: list[jax.Device]
+) -> tuple[list[jax.sharding.Mesh], list[Any]]:
+  """Each stage's (data, frames) mesh over `devices`, and its EMA parameters
+  as variables in its compute dtype, replicated on every device of the mesh.
+  """
+  meshes = [
+    pipeline.make_mesh(devices, pipeline.frame_shards(n, s, len(devices)))
+    for n, s in zip(loaded.names, loaded.settings, strict=True)
+  ]
+  variables = [
+    jax.device_put(
+      stage_model.as_variables(stage_model.sampling_params(p, c)),
+      jax.NamedSharding(m, jax.P()),
+    )
+    for p, c, m in zip(loaded.ema, loaded.configs, meshes, strict=True)
+  ]
+  return meshes, variables
+
+
+def _run_stages(
+  loaded: LoadedCascade,
+  order: tuple[str, ...],
+  stage_fns: list[Any],
+  variables: list[Any],
+  meshes: list[jax.sharding.Mesh],
+  keys: np.ndarray,
+  emb: np.ndarray,
+  mask: np.ndarray,
+  video: np.ndarray | None,
+  progress: _Progress,
+  desc: str,
+) -> tuple[jax.Array, dict[str, float]]:
+  """One batch through every stage: keys [B, 2], emb [B, L, D], mask [B, L],
+  the first stage's input [B, T, H, W, 3] or None.
+
+  Returns:
+    The last stage's videos [B, T, H, W, 3] in [-1, 1], and each stage's
+    wall seconds for the batch.
+  """
+  seconds = {}
+  for s, name in enumerate(loaded.names):
+    # On this stage's mesh (a no-op where it is the previous stage's).
+    put = functools.partial(
+      jax.device_put, device=jax.NamedSharding(meshes[s], jax.P("data"))
+    )
+    # Keyed by the stage's place in the whole cascade: a stage draws the same
+    # noise whichever --stages run it.
+    fold = jax.vmap(jax.random.fold_in, (0, None))
+    stage_keys = put(np.asarray(fold(keys, order.index(name))))
+    emb, mask = put(emb), put(mask)
+    video = None if video is None else put(video)
+    with progress.bar(loaded.settings[s].steps, f"{name} {desc}"):
+      t0 = time.perf_counter()
+      video = jax.block_until_ready(
+        stage_fns[s](variables[s], stage_keys, emb, mask, video)
+      )
+      seconds[name] = time.perf_counter() - t0
+  return video, seconds
 
 
 def sample(
@@ -219,7 +296,7 @@ def sample(
   if input_video:
     video_io.probe_video(input_video)
   loaded = load_cascade(cascade, stage_spec, from_video=bool(input_video))
-  names, configs, settings = loaded.names, loaded.configs, loaded.settings
+  names, configs = loaded.names, loaded.configs
   logging.info("Cascade: %s", " -> ".join(names))
   first_input = None
   if input_video:  # Only the frames the first stage takes, at its size.
@@ -227,21 +304,8 @@ def sample(
     first_input = inputs.load_input_video(input_video, *size)
   outputs.prepare_outdir(outdir, overwrite)
 
-  # Each stage's mesh over this host's devices (each host samples on its own),
-  # its EMA parameters in its compute dtype replicated on every device.
-  devices = jax.local_devices()
-  meshes = [
-    pipeline.make_mesh(devices, pipeline.frame_shards(n, s, len(devices)))
-    for n, s in zip(names, settings, strict=True)
-  ]
-  batch_shardings = [jax.NamedSharding(m, jax.P("data")) for m in meshes]
-  variables = [
-    jax.device_put(
-      stage_model.as_variables(stage_model.sampling_params(p, c)),
-      jax.NamedSharding(m, jax.P()),
-    )
-    for p, c, m in zip(loaded.ema, configs, meshes, strict=True)
-  ]
+  # Each stage on a mesh of this host's devices (each host samples on its own).
+  meshes, variables = place_stages(loaded, jax.local_devices())
   loaded.ema.clear()  # The host copies (paper scale: tens of GB).
 
   # Text: encoded once, shared by all stages.
@@ -251,12 +315,7 @@ def sample(
   text_emb, text_mask = np.asarray(text_emb), np.asarray(text_mask)
 
   # One compiled sampling loop per stage, its batch padded to the device count.
-  bar = None
-
-  def on_step(step):  # Called per sampling step (maybe once per device).
-    if bar is not None and int(step) + 1 > bar.n:
-      bar.update(int(step) + 1 - bar.n)
-
+  progress = _Progress()
   batch = inputs.padded_batch(cascade.batch_size, jax.local_device_count())
   text_shapes = tuple(
     jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype) for x in (text_emb, text_mask)
@@ -265,7 +324,7 @@ def sample(
   if first_input is not None:
     input_shape = jax.ShapeDtypeStruct((batch, *first_input.shape), first_input.dtype)
   stage_fns = compile_stages(
-    loaded, variables, meshes, text_shapes, input_shape, on_step
+    loaded, variables, meshes, text_shapes, input_shape, progress.on_step
   )
 
   # ------------------------------------------------------------------------ #
@@ -281,7 +340,7 @@ def sample(
   fps = float(configs[-1].stage.fps)
   stage_info = {
     n: dict(s.to_dict(), workdir=w, checkpoint_step=m["step"])
-    for n, s, w, m in zip(names, settings, loaded.workdirs, loaded.metas)
+    for n, s, w, m in zip(names, loaded.settings, loaded.workdirs, loaded.metas)
   }
   records = []
   num_batches = -(-len(mine) // batch)
@@ -294,28 +353,23 @@ def sample(
       keys = np.stack(
         [jax.random.key_data(jax.random.key(seed + int(i))) for i in index]
       )
-      emb, mask = text_emb[pidx], text_mask[pidx]
       video = None
       if first_input is not None:
         video = np.broadcast_to(first_input, (batch, *first_input.shape))
-      seconds = {}
-      for s, (name, fn, st) in enumerate(zip(names, stage_fns, settings)):
-        # On this stage's mesh (a no-op where it is the previous stage's).
-        put = functools.partial(jax.device_put, device=batch_shardings[s])
-        # Keyed by the stage's place in the whole cascade: a stage draws the same
-        # noise whichever --stages run it.
-        fold = jax.vmap(jax.random.fold_in, (0, None))
-        stage_keys = put(np.asarray(fold(keys, cascade.order.index(name))))
-        emb, mask = put(emb), put(mask)
-        video = None if video is None else put(video)
-        bar = tqdm.tqdm(
-          total=st.steps, desc=f"{name} {b + 1}/{num_batches}", leave=False
-        )
-        t0 = time.perf_counter()
-        video = jax.block_until_ready(fn(variables[s], stage_keys, emb, mask, video))
-        seconds[name] = (time.perf_counter() - t0) / int(real.sum())
-        bar.close()
-        bar = None
+      video, seconds = _run_stages(
+        loaded,
+        tuple(cascade.order),
+        stage_fns,
+        variables,
+        meshes,
+        keys,
+        text_emb[pidx],
+        text_mask[pidx],
+        video,
+        progress,
+        f"{b + 1}/{num_batches}",
+      )
+      seconds = {n: t / int(real.sum()) for n, t in seconds.items()}  # Per sample.
       out = video_io.to_uint8(jax.device_get(video))
       for row in np.flatnonzero(real):
         i = int(index[row])

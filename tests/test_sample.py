@@ -235,31 +235,34 @@ class _TextProbe:
     return jnp.zeros_like(z) + seen[:, None, None, None, None]
 
 
+def _probe_sampler(**guide):
+  """The runlocal base's sampler with `_TextProbe` as its model."""
+  config = config_utils.load_config("configs/base.py:runlocal")
+  settings = config_utils.load_config("configs/cascade.py:runlocal").stages.base
+  settings.guidance.update(kind="constant", **guide)
+  return pipeline.StageSampler(config, settings, _TextProbe(), jnp.zeros((2,)))
+
+
 def test_unconditional_half_sees_no_text():
   """One batched call: conditional half with the text, unconditional half with
   zero embeddings and an all-False mask (the trainer's text dropout)."""
   emb, mask = jnp.full((1, 3, 4), 0.5), jnp.array([[True, True, False]])
   z, logsnr = jnp.zeros((1, 2, 2, 2, 3)), jnp.zeros((1,))
-  fn = pipeline._model_fn(
-    _TextProbe(), None, None, emb, mask, None, None, single=False, extra=False
-  )
-  cond, uncond = fn(z, logsnr, 0)
+  fn = _probe_sampler(w=1.0).predict
+  cond, uncond = fn(None, dict(text=emb, mask=mask), z, logsnr, 0)
   np.testing.assert_allclose(cond, 6.0 + 2.0)
   np.testing.assert_allclose(uncond, 0.0)
-  single = pipeline._model_fn(
-    _TextProbe(), None, None, emb, mask, None, None, single=True, extra=False
+  single = _probe_sampler(w=0.0).predict
+  np.testing.assert_allclose(
+    single(None, dict(text=emb, mask=mask), z, logsnr, 0)[1], 8.0
   )
-  np.testing.assert_allclose(single(z, logsnr, 0)[1], 8.0)
 
 
 def test_sequential_guidance_passes_match_the_batched_call():
   emb, mask = jnp.full((1, 3, 4), 0.5), jnp.array([[True, True, False]])
   z, logsnr = jnp.zeros((1, 2, 2, 2, 3)), jnp.zeros((1,))
-  fn = pipeline._model_fn(
-    _TextProbe(), None, None, emb, mask, None, None, single=False, extra=False,
-    batched=False,
-  )  # fmt: skip
-  cond, uncond = fn(z, logsnr, 0)
+  fn = _probe_sampler(w=1.0, batched=False).predict
+  cond, uncond = fn(None, dict(text=emb, mask=mask), z, logsnr, 0)
   np.testing.assert_allclose(cond, 8.0)
   np.testing.assert_allclose(uncond, 0.0)
 
