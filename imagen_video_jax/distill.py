@@ -30,12 +30,9 @@ from imagen_video_jax import (
   config_utils,
   distill_lib,
   input_pipeline,
-  optimizers,
   run_lib,
   sharding,
-  train_lib,
 )
-from imagen_video_jax.models import stage_model
 
 _CONFIG = config_utils.define_config_flag("Stage config, e.g. configs/base.py:demo.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's workdir.")
@@ -63,81 +60,36 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   logging.info("Rounds: %s", all_rounds)
 
   # ------------------------------------------------------------------------ #
-  # Mesh, and the workdir leased (config.json and metrics once it starts).
+  # The device mesh, and the workdir, checked and leased: a second run on it
+  # is refused here. Its config.json and metrics are written only once the
+  # run is known to start.
   # ------------------------------------------------------------------------ #
   mesh, rules = sharding.mesh_from_config(config)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   lease = run_lib.open_workdir(config, workdir, exits)
+
+  # ------------------------------------------------------------------------ #
+  # Frozen text encoder (paper Sec. 2), as train.py's.
+  # ------------------------------------------------------------------------ #
   text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules
   )
 
   # ------------------------------------------------------------------------ #
-  # The student (the stage's U-Net taking w) and the shapes and shardings of
-  # the state {step, params, opt_state, ema_params, teacher_params}; one
-  # optimizer per round kind (the same state, its own schedule length).
+  # The student (the stage's U-Net taking w), the shapes and shardings of the
+  # state {step, params, opt_state, ema_params, teacher_params}, the jitted
+  # start of a round and one jitted step per round kind (each its own
+  # optimizer schedule), traced under the rules, the state donated.
   # ------------------------------------------------------------------------ #
-  model = stage_model.make_model(config)
-  txs = {
-    "guidance": optimizers.make_optimizer(
-      config.distill.optim, max(config.distill.guidance_steps, 1)
-    ),
-    "halving": optimizers.make_optimizer(
-      config.distill.optim, max(config.distill.round_steps, 1)
-    ),
-  }
-  tx = txs["halving"][0]  # Both build the same optimizer state.
-  train_init = train_lib.make_init_fn(config, model, tx)
-
-  def init_fn(rng):
-    state = train_init(rng)
-    return dict(state, teacher_params=state["params"])
-
+  steps, start_round, init_fn, abstract_state, state_shardings = (
+    run_lib.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
+  )
   rng_init = jax.random.key(config.seed)
-  abstract_state, state_shardings = sharding.abstract_state(
-    init_fn,
-    rng_init,
-    mesh,
-    rules,
-    error_on_undivided=config.mesh.error_on_undivided,
-  )
-  start_round = jax.jit(
-    distill_lib.make_start_fn(tx),
-    in_shardings=(state_shardings, state_shardings["params"]),
-    out_shardings=state_shardings,
-    donate_argnums=(0,),
-  )
 
   # ------------------------------------------------------------------------ #
-  # One jitted step per round kind (traced under the rules), compiled for every
-  # batch shape on threads while the latest checkpoint loads.
+  # Data, then the init and the steps of the rounds still to run, for every
+  # batch shape, compiled before the first step on threads while the latest
+  # checkpoint loads. A fresh run's student starts from the teacher's EMA.
   # ------------------------------------------------------------------------ #
-  steps = {
-    kind: jax.jit(
-      sharding.under_rules(
-        distill_lib.make_distill_step(
-          config,
-          model,
-          *txs[kind],
-          kind,
-          text_apply,
-          sharding.batch_sharding(mesh, rules),
-        ),
-        mesh,
-        rules,
-      ),
-      in_shardings=(
-        state_shardings,
-        sharding.batch_sharding(mesh, rules),
-        text_shardings,
-        replicated,
-        replicated,
-      ),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=(0,),
-    )
-    for kind in distill_lib.KINDS
-  }
   data_iter = input_pipeline.create_iterator(config, mesh=mesh)
   ckpt = exits.enter_context(  # Every exit waits for the pending saves.
     checkpointing.Checkpointer(
@@ -148,13 +100,13 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   kinds = {r.kind for r in all_rounds if r.end > done}
   specs = data_iter.batch_specs()
   scalar = jax.ShapeDtypeStruct((), "int32")
+
+  def compile_init():  # Lowered only for a fresh run.
+    return sharding.jit_init(init_fn, state_shardings).lower(rng_init).compile()
+
   with concurrent.futures.ThreadPoolExecutor(len(specs) * len(kinds) + 1) as pool:
-
-    def compile_init():  # Lowered only for a fresh run.
-      return sharding.jit_init(init_fn, state_shardings).lower(rng_init).compile()
-
     init_future = pool.submit(compile_init) if not done else None
-    futures = {
+    step_futures = {
       (kind, input_pipeline.batch_key(spec)): pool.submit(
         lambda k=kind, s=spec: (
           steps[k].lower(abstract_state, s, text_params, scalar, scalar).compile()
@@ -174,7 +126,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
     else:
       state, _ = restored
     compiled = {}
-    for key, future in futures.items():
+    for key, future in step_futures.items():
       executable = future.result()
       compiled[key] = executable, run_lib.compiled_flops(executable)
   sharding.wait_for_all_processes("distill_step_compiled")

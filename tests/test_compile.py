@@ -109,3 +109,62 @@ def test_bad_flags_name_the_culprit(tmp_path, flags, match):
     timeout=300,
   )
   assert proc.returncode != 0 and match in proc.stderr
+
+
+_BENCHMARK_SAMPLE_HLO = """
+import hashlib, sys, jax
+from imagen_video_jax import config_utils
+from imagen_video_jax.benchmarks import compile as bench
+cascade = config_utils.load_config("configs/cascade.py:runlocal")
+lowered, *_ = bench.lower_sample(cascade, "tsr1", jax.devices(), int(sys.argv[1]))
+print(hashlib.sha256(lowered.as_text().encode()).hexdigest())
+"""
+
+
+class _StopBeforeCompileError(Exception):
+  """Stops sample.sample at its first compile, once its stages are lowered."""
+
+
+def test_the_sampling_benchmark_lowers_the_samplers_program(tmp_path, monkeypatch):
+  """benchmarks/compile.py's --program=sample is sample.py's program: its tsr1
+  loop lowers to the text sample.sample lowers (the benchmark runs in its own
+  process: both binaries define --config)."""
+  import hashlib
+
+  import jax
+  from test_sample import save_runlocal_checkpoints
+
+  from imagen_video_jax import config_utils, sample
+  from imagen_video_jax.cascade import inputs
+
+  save_runlocal_checkpoints(tmp_path / "runs")
+  cascade = config_utils.load_config("configs/cascade.py:runlocal")
+  cascade.workdir_root = str(tmp_path / "runs")
+  (tmp_path / "prompts.txt").write_text("a red 3 moving up\n")
+  texts = []
+
+  def record(lowered, *args, **kwargs):
+    texts.append(lowered.as_text())
+    raise _StopBeforeCompileError
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", record)
+  with pytest.raises(_StopBeforeCompileError):
+    sample.sample(
+      cascade,
+      prompts_path=str(tmp_path / "prompts.txt"),
+      outdir=str(tmp_path / "out"),
+      stage_spec="base:tsr1",
+    )
+  monkeypatch.undo()
+  per_chip = inputs.padded_batch(cascade.batch_size, jax.local_device_count())
+  per_chip //= jax.local_device_count()
+  proc = subprocess.run(
+    [sys.executable, "-c", _BENCHMARK_SAMPLE_HLO, str(per_chip)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sampler = {hashlib.sha256(t.encode()).hexdigest() for t in texts}
+  assert len(texts) == 2 and proc.stdout.split()[-1] in sampler

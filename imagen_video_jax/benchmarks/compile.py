@@ -9,9 +9,9 @@ r"""Ahead-of-time compile of a stage's train step or sampling loop: memory per c
 Builds the program as the binaries do: `train` is train.py's step
 (`run_lib.jit_train_step`, its state placed by the logical-axis rules, traced
 under them), `sample` is sample.py's sampling loop of one cascade stage
-(`pipeline.make_stage_fn`, its guidance included, params replicated, the batch
-split over the chips, each sample's frames over the stage's `frame_shards`
-of them), `text` is the frozen T5 encoder on a batch of captions.
+(`pipeline.lower_stage`, as sample.py lowers it: its guidance included,
+params replicated, the batch split over the chips, each sample's frames over
+the stage's `frame_shards` of them), `text` is the frozen T5 encoder on a batch of captions.
 It lowers the program for the devices of a named TPU topology, through
 libtpu's compiler without any TPU (`pip install libtpu`), or for the local
 devices when --topology is empty, compiles it and prints per chip: the train
@@ -217,13 +217,28 @@ def compile_train(config: Any, devices: list[Any]) -> Report:
   )
 
 
-def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
-  """sample.py's sampling loop of the cascade's stage `name`, for `devices`."""
+def lower_sample(
+  cascade: Any,
+  name: str,
+  devices: list[Any],
+  batch_per_chip: int = 1,
+  frame_shards: int | None = None,
+) -> tuple[Any, jax.sharding.Mesh, int, Any]:
+  """sample.py's sampling loop of stage `name`, lowered for `devices`.
+
+  The sampler's own lowering (pipeline.lower_stage, a progress callback
+  included) on shapes only: random-init EMA params replicated, a batch of
+  `batch_per_chip` samples per chip, the previous stage's output at the input
+  stage's full shape.
+
+  Returns:
+    (lowered, mesh, global batch, the variables' ShapeDtypeStructs).
+  """
   if name not in cascade.stages:
     raise ValueError(f"--stage={name!r} is not a stage of {list(cascade.stages)}.")
   settings = cascade.stages[name]
-  if _FRAME_SHARDS.value is not None:
-    settings.frame_shards = _FRAME_SHARDS.value
+  if frame_shards is not None:
+    settings.frame_shards = frame_shards
   config = config_utils.load_config(settings.config)
   if settings.distilled:  # The student's network: the teacher's, taking w.
     config.distill.teacher = "benchmark"  # Not read: shapes only.
@@ -231,7 +246,6 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
   shards = pipeline.frame_shards(name, settings, len(devices))
   mesh = pipeline.make_mesh(devices, shards)
   replicated = jax.NamedSharding(mesh, jax.P())
-  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   model = stage_model.make_model(config)
   init_fn = train_lib.make_init_fn(config, model, optax.identity())
   params = nn.meta.unbox(jax.eval_shape(init_fn, jax.random.key(0))["ema_params"])
@@ -239,25 +253,34 @@ def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
     stage_model.as_variables(stage_model.sampling_params(params, config)),
   )
-  batch = _BATCH_PER_CHIP.value * len(devices)
+  batch = batch_per_chip * len(devices)
   length, dim = config.text.max_length, stage_model.text_dim(config)
-
-  def spec(shape, dtype):
-    return jax.ShapeDtypeStruct((batch, *shape), dtype, sharding=batch_sharding)
-
-  prev = None
+  text_shapes = (
+    jax.ShapeDtypeStruct((batch, length, dim), jnp.float32),
+    jax.ShapeDtypeStruct((batch, length), jnp.bool_),
+  )
+  video = None
   if config.stage.input is not None:  # The input stage's output, at its full shape.
     s_in = config.stage.input
-    prev = spec((s_in.frames, s_in.height, s_in.width, 3), jnp.float32)
-  fn = jax.jit(
-    pipeline.make_stage_fn(config, settings, mesh=mesh), out_shardings=batch_sharding
+    video = jax.ShapeDtypeStruct(
+      (batch, s_in.frames, s_in.height, s_in.width, 3), jnp.float32
+    )
+  # sample.py steps a progress bar from the loop; a callback does not change
+  # the lowered program, whichever function it calls.
+  lowered = pipeline.lower_stage(
+    config, settings, variables, mesh, text_shapes, video, on_step=_no_progress
   )
-  lowered = fn.lower(
-    variables,
-    spec((2,), jnp.uint32),
-    spec((length, dim), jnp.float32),
-    spec((length,), jnp.bool_),
-    prev,
+  return lowered, mesh, batch, variables
+
+
+def _no_progress(step: Any) -> None:
+  del step
+
+
+def compile_sample(cascade: Any, name: str, devices: list[Any]) -> Report:
+  """sample.py's sampling loop of the cascade's stage `name`, for `devices`."""
+  lowered, mesh, batch, variables = lower_sample(
+    cascade, name, devices, _BATCH_PER_CHIP.value, _FRAME_SHARDS.value
   )
   compiled, seconds, error = _compile(lowered)
   return _report(

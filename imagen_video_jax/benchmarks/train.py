@@ -4,31 +4,26 @@ r"""Throughput and memory of each demo stage's train and distillation steps.
   python -m imagen_video_jax.benchmarks.train --dtype=bfloat16 --batch=64
   python -m imagen_video_jax.benchmarks.train --programs=train,guidance,halving
 
-Builds the stage's model, optimizer, sharded state and step with train.py's
-function (mesh (-1, 1, 1) over all local devices), times `--steps` calls of the jitted,
-state-donating train step on a synthetic batch, and prints steps/s,
-examples/s, TFLOP/s per device (from the compiled step's cost analysis), MFU
-where the device's peak is known, the compiled step's memory per device and
-the allocator's peak (GPU/TPU). `guidance` and `halving` are distill.py's
-steps (phase 1 and a phase 2 halving round) on the same stage, the student built
-as distill.py builds it.
+Builds the stage's model, optimizer, sharded state and step with the binaries'
+own functions (`run_lib.jit_train_step`, `run_lib.jit_distill_steps`; mesh
+(-1, 1, 1) over all local devices), times `--steps` calls of the jitted,
+state-donating step on a synthetic batch, and prints steps/s, examples/s,
+TFLOP/s per device (from the compiled step's cost analysis), MFU where the
+device's peak is known, the compiled step's memory per device and the
+allocator's peak (GPU/TPU). `guidance` and `halving` are distill.py's steps
+(phase 1 and a phase 2 halving round) on the stage's student.
 """
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import (
-  config_utils,
-  distill_lib,
-  optimizers,
-  run_lib,
-  sharding,
-  train_lib,
-)
-from imagen_video_jax.models import stage_model
+from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
 
 _STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
@@ -40,59 +35,66 @@ _PROGRAMS = flags.DEFINE_list(
 )
 
 
+def stage_config(
+  stage: str, variant: str, program: str, batch: int = 0, dtype: str = ""
+) -> ml_collections.ConfigDict:
+  """configs/<stage>.py:<variant> with the flags' overrides; the student's for
+  the distillation programs (random weights stand in for the teacher)."""
+  config = config_utils.load_config(f"configs/{stage}.py:{variant}")
+  if batch:
+    config.batch_size = batch
+  if dtype:
+    config.dtype = dtype
+  if program != "train":
+    config.distill.teacher = "benchmark"  # Not read: random weights.
+    config = distill_lib.student_config(config)
+  return config
+
+
+def jit_step(
+  config: ml_collections.ConfigDict,
+  program: str,
+  mesh: jax.sharding.Mesh,
+  rules: Any,
+  text_apply: Callable[..., jax.Array] | None,
+  text_shardings: Any,
+) -> tuple[Any, Callable[[jax.Array], Any], Any, tuple[np.int32, ...]]:
+  """`program`'s jitted step as its binary builds it.
+
+  Returns:
+    (step, init_fn, state_shardings, extra): the step is called as
+    step(state, batch, text_params, *extra); a distillation step's extra
+    arguments are a halving round's start and step count.
+  """
+  if program == "train":  # train.py's step.
+    step, init_fn, _, shardings = run_lib.jit_train_step(
+      config, mesh, rules, text_apply, text_shardings
+    )
+    return step, init_fn, shardings, ()
+  if program not in distill_lib.KINDS:
+    raise ValueError(
+      f"--programs: {program!r} is none of train, {', '.join(distill_lib.KINDS)}."
+    )
+  # distill.py's steps, on a state holding the teacher's params too.
+  d = run_lib.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
+  extra = (np.int32(0), np.int32(config.distill.final_sampling_steps))
+  return d.steps[program], d.init_fn, d.state_shardings, extra
+
+
 def benchmark(stage: str, program: str = "train") -> dict[str, float]:
   """Times `program`'s step of configs/<stage>.py:<variant>."""
-  config = config_utils.load_config(f"configs/{stage}.py:{_VARIANT.value}")
-  if _BATCH.value:
-    config.batch_size = _BATCH.value
-  if _DTYPE.value:
-    config.dtype = _DTYPE.value
-  if program != "train":
-    config.distill.teacher = "benchmark"  # Random weights stand in for it.
-    config = distill_lib.student_config(config)
+  config = stage_config(stage, _VARIANT.value, program, _BATCH.value, _DTYPE.value)
   mesh = sharding.make_mesh((-1, 1, 1))
   rules = sharding.logical_rules(config.logical_axis_rules)
   sharding.check_batch_size(config.batch_size, mesh, rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
   text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
     config, mesh, rules
   )
-  rng = jax.random.key(config.seed)
-  if program == "train":  # train.py's step.
-    step_fn, init_fn, _, shardings = run_lib.jit_train_step(
-      config, mesh, rules, text_apply, text_shardings
-    )
-    extra = ()
-  else:  # distill.py's steps, on a state holding the teacher's params too.
-    model = stage_model.make_model(config)
-    tx, lr_fn = optimizers.make_optimizer(config.distill.optim, config.total_steps)
-    step_fn = distill_lib.make_distill_step(
-      config,
-      model,
-      tx,
-      lr_fn,
-      program,
-      text_apply,
-      sharding.batch_sharding(mesh, rules),
-    )
-    extra = (np.int32(0), np.int32(config.distill.final_sampling_steps))
-    train_init = train_lib.make_init_fn(config, model, tx)
-
-    def init_fn(rng):
-      state = train_init(rng)
-      return dict(state, teacher_params=state["params"])
-
-    _, shardings = sharding.abstract_state(init_fn, rng, mesh, rules)
-    step_fn = jax.jit(
-      sharding.under_rules(step_fn, mesh, rules),
-      out_shardings=(shardings, replicated),
-      donate_argnums=(0,),
-    )
-  state = sharding.sharded_init(init_fn, rng, shardings)
-  batch = sharding.global_batch(
-    train_lib.synthetic_batch(config, config.batch_size), mesh, rules
+  step_fn, init_fn, shardings, extra = jit_step(
+    config, program, mesh, rules, text_apply, text_shardings
   )
+  state = sharding.sharded_init(init_fn, jax.random.key(config.seed), shardings)
+  batch = synthetic_batch(config, mesh, rules)
   compiled = step_fn.lower(state, batch, text_params, *extra).compile()
   flops = run_lib.compiled_flops(compiled)
   state, metrics = compiled(state, batch, text_params, *extra)  # Warm-up.
@@ -117,6 +119,15 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     / 2**20,
     params_m=sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6,
     batch=config.batch_size,
+  )
+
+
+def synthetic_batch(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: Any
+) -> dict[str, jax.Array]:
+  """A clip batch of the config's global size, laid out as the steps take it."""
+  return sharding.global_batch(
+    train_lib.synthetic_batch(config, config.batch_size), mesh, rules
   )
 
 
