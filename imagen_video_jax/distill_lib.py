@@ -289,10 +289,14 @@ def make_distill_step(
     if kind == "guidance":  # Phase 1: x~ = (1 + w) x_c - w x_u (eq. 5).
       logsnr = logsnr_fn(losses.sample_t(rng_t, b, diffusion.t_sampling))
       z = schedules.diffuse(x, logsnr, noise)
-      out_c, out_u = stage_model.apply_cond_uncond(
+      pair = stage_model.apply_cond_uncond(
         model, teacher, z, logsnr, cond, extra_scalars=jnp.zeros((b, 1))
       )
-      target = distillation.guided_x(to_x(out_c, z, logsnr), to_x(out_u, z, logsnr), w)
+      # x of both halves at once, as one [2B] array: the bits of the target
+      # depend on how XLA fuses this.
+      both = lambda a: jnp.concatenate([a, a])  # noqa: E731
+      x_both = to_x(jnp.concatenate(pair), both(z), both(logsnr))
+      target = distillation.guided_x(x_both[:b], x_both[b:], w)
       loss_name = diffusion.loss
     else:  # Phase 2: one student step = two teacher DDIM steps.
       logsnr, logsnr_mid, logsnr_s, last = distillation.student_logsnrs(
