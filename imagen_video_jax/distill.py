@@ -30,6 +30,8 @@ from imagen_video_jax import (
   config_utils,
   distill_lib,
   input_pipeline,
+  programs,
+  reporting,
   run_lib,
   sharding,
 )
@@ -70,7 +72,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # ------------------------------------------------------------------------ #
   # Frozen text encoder (paper Sec. 2), as train.py's.
   # ------------------------------------------------------------------------ #
-  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = programs.frozen_text_encoder(
     config, mesh, rules
   )
 
@@ -81,7 +83,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # optimizer schedule), traced under the rules, the state donated.
   # ------------------------------------------------------------------------ #
   steps, start_round, init_fn, abstract_state, state_shardings = (
-    run_lib.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
+    programs.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
   )
   rng_init = jax.random.key(config.seed)
 
@@ -128,7 +130,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
     compiled = {}
     for key, future in step_futures.items():
       executable = future.result()
-      compiled[key] = executable, run_lib.compiled_flops(executable)
+      compiled[key] = executable, reporting.compiled_flops(executable)
   sharding.wait_for_all_processes("distill_step_compiled")
   step = int(state["step"])
   writer, signals = run_lib.start_writing(config, workdir, exits)
@@ -141,7 +143,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   report = periodic_actions.ReportProgress(
     num_train_steps=config.total_steps, writer=writer, every_steps=config.log_every
   )
-  reporter = run_lib.Reporter(config, writer)
+  reporter = reporting.Reporter(config, writer)
   signals.loop_started()  # From here a signal saves the step first.
   while step < config.total_steps:
     r = distill_lib.round_of(all_rounds, step)

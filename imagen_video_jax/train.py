@@ -27,6 +27,8 @@ from imagen_video_jax import (
   checkpointing,
   config_utils,
   input_pipeline,
+  programs,
+  reporting,
   run_lib,
   sharding,
 )
@@ -57,7 +59,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # Frozen text encoder (paper Sec. 2): applied inside the step, or None when
   # the data holds precomputed embeddings.
   # ------------------------------------------------------------------------ #
-  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = programs.frozen_text_encoder(
     config, mesh, rules
   )
 
@@ -66,7 +68,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
   # params, opt_state, ema_params} (from the params' logical axes), and the
   # train step jitted with them, traced under the rules, its state donated.
   # ------------------------------------------------------------------------ #
-  train_step, init_fn, abstract_state, state_shardings = run_lib.jit_train_step(
+  train_step, init_fn, abstract_state, state_shardings = programs.jit_train_step(
     config, mesh, rules, text_apply, text_shardings
   )
   rng_init = jax.random.key(config.seed)
@@ -106,7 +108,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
     compiled = {}
     for key, future in step_futures.items():
       executable = future.result()
-      compiled[key] = executable, run_lib.compiled_flops(executable)
+      compiled[key] = executable, reporting.compiled_flops(executable)
       logging.info("Compiled the step for batch shapes %s.", dict(key))
   sharding.wait_for_all_processes("train_step_compiled")
   step = int(state["step"])
@@ -128,7 +130,7 @@ def main(argv: list[str], exits: contextlib.ExitStack) -> int:
     )
   # `compiled` holds one executable and its FLOPs/step (from the cost
   # analysis) per batch shape.
-  reporter = run_lib.Reporter(config, writer)
+  reporter = reporting.Reporter(config, writer)
   signals.loop_started()  # From here a signal saves the step first.
   while step < config.total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):

@@ -1,7 +1,7 @@
 """The training step of one cascade stage and the pieces it is made of.
 
 `train.py` wires these to the mesh, the data and the checkpoints (with
-`run_lib`'s help). Everything here is a pure function of arrays and configs:
+`programs`' help). Everything here is a pure function of arrays and configs:
 the initial state, the conditioning of a batch, the train step (diffusion
 loss, text dropout, SR conditioning, clipped AdamW, EMA, skipping of
 non-finite steps) and the per-logSNR-bucket loss sums. The network itself is

@@ -32,12 +32,12 @@ def test_train_benchmark_prints_a_row_per_stage_and_program():
 
 _BENCHMARK_HLO = """
 import hashlib, jax
-from imagen_video_jax import run_lib, sharding
+from imagen_video_jax import programs, sharding
 from imagen_video_jax.benchmarks import train as bench
 config = bench.stage_config("base", "runlocal", "guidance", batch=8)
 mesh = sharding.make_mesh((-1, 1, 1))
 rules = sharding.logical_rules(config.logical_axis_rules)
-text = run_lib.frozen_text_encoder(config, mesh, rules)
+text = programs.frozen_text_encoder(config, mesh, rules)
 step, init_fn, shardings, extra = bench.jit_step(config, "guidance", mesh, rules, *text[::2])
 state, _ = sharding.abstract_state(init_fn, jax.random.key(config.seed), mesh, rules)
 lowered = step.lower(state, bench.synthetic_batch(config, mesh, rules), text[1], *extra)
@@ -47,23 +47,23 @@ print(hashlib.sha256(lowered.as_text().encode()).hexdigest())
 
 def test_the_distillation_benchmark_lowers_distill_pys_step():
   """benchmarks/train.py's guidance step is distill.py's program: its lowering
-  equals the binary's (run_lib.jit_distill_steps on the input pipeline's batch
+  equals the binary's (programs.jit_distill_steps on the input pipeline's batch
   layout), in a process of its own (the benchmark's flags)."""
   import hashlib
 
   import jax
 
-  from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
+  from imagen_video_jax import config_utils, distill_lib, programs, sharding, train_lib
 
   config = config_utils.load_config("configs/base.py:runlocal")
   config.batch_size, config.distill.teacher = 8, "benchmark"
   config = distill_lib.student_config(config)
   mesh = sharding.make_mesh((-1, 1, 1))  # The benchmark's mesh.
   rules = sharding.logical_rules(config.logical_axis_rules)
-  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = programs.frozen_text_encoder(
     config, mesh, rules
   )
-  d = run_lib.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
+  d = programs.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
   batch = train_lib.batch_shapes(config, 8, sharding.batch_sharding(mesh, rules))
   scalar = jax.ShapeDtypeStruct((), "int32")
   lowered = d.steps["guidance"].lower(

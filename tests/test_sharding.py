@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from imagen_video_jax import config_utils, optimizers, run_lib, sharding, train_lib
+from imagen_video_jax import config_utils, optimizers, programs, sharding, train_lib
 from imagen_video_jax.models import stage_model, text_encoder
 
 needs_8 = pytest.mark.skipif(
@@ -198,10 +198,10 @@ def runlocal_train_step(mesh, rules=None):
   if rules is not None:
     config.logical_axis_rules = rules
   rules = sharding.logical_rules(config.logical_axis_rules)
-  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = programs.frozen_text_encoder(
     config, mesh, rules, abstract=True
   )
-  program = run_lib.jit_train_step(config, mesh, rules, text_apply, text_shardings)
+  program = programs.jit_train_step(config, mesh, rules, text_apply, text_shardings)
   batch = train_lib.batch_shapes(
     config, config.batch_size, sharding.batch_sharding(mesh, rules)
   )

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_checkpointing import damage
 
-from imagen_video_jax import config_utils, leases, optimizers, run_lib, train_lib
+from imagen_video_jax import config_utils, leases, optimizers, reporting, train_lib
 from imagen_video_jax.models import stage_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def run(args, env, log_path, timeout=600, module="imagen_video_jax.train") -> No
 
 def logged_losses(workdir, files=None) -> dict[int, float]:
   """step -> 'loss' from the TensorBoard event files (float32, exact)."""
-  return run_lib.logged_scalars(str(workdir), "loss", files)
+  return reporting.logged_scalars(str(workdir), "loss", files)
 
 
 def wait_for(predicate, proc, timeout=600, what=""):

@@ -7,7 +7,7 @@ r"""Ahead-of-time compile of a stage's train step or sampling loop: memory per c
   python -m imagen_video_jax.benchmarks.compile --config=configs/base.py:runlocal
 
 Builds the program as the binaries do: `train` is train.py's step
-(`run_lib.jit_train_step`, its state placed by the logical-axis rules, traced
+(`programs.jit_train_step`, its state placed by the logical-axis rules, traced
 under them), `sample` is sample.py's sampling loop of one cascade stage
 (`pipeline.lower_stage`, as sample.py lowers it: its guidance included,
 params replicated, the batch split over the chips, each sample's frames over
@@ -42,7 +42,16 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
+from imagen_video_jax import (
+  config_utils,
+  distill_lib,
+  programs,
+  reporting,
+  run_lib,
+  sharding,
+  train_lib,
+)
+from imagen_video_jax.benchmarks import util
 from imagen_video_jax.cascade import pipeline
 from imagen_video_jax.models import stage_model
 
@@ -77,7 +86,7 @@ _TABLE = flags.DEFINE_string(
 
 GIB = 2**30
 # HBM per chip, by substring of `jax.Device.device_kind`, first match (as
-# run_lib.PEAK_FLOPS): v5e is 'TPU v5 lite', v5p 'TPU v5'.
+# reporting.PEAK_FLOPS): v5e is 'TPU v5 lite', v5p 'TPU v5'.
 HBM_BYTES = (
   ("TPU v6", 32 * GIB),
   ("TPU v5 lite", 16 * GIB),
@@ -166,7 +175,7 @@ def _mesh_shape(config: Any) -> None:
 
 
 def _report(program, devices, mesh, batch, state, compiled, seconds, error) -> Report:
-  peak = run_lib.peak_flops_of(devices[0].device_kind)
+  peak = reporting.peak_flops_of(devices[0].device_kind)
   hbm = hbm_bytes(devices[0])
   name = _CONFIG.value + (f" --stage={_STAGE.value}" if program == "sample" else "")
   report = Report(
@@ -184,7 +193,7 @@ def _report(program, devices, mesh, batch, state, compiled, seconds, error) -> R
     error=error,
   )
   if compiled is not None:
-    report.memory = run_lib.memory_per_chip(compiled)
+    report.memory = util.memory_per_chip(compiled)
     report.fits = not hbm or report.memory["total"] <= hbm
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
@@ -199,10 +208,10 @@ def compile_train(config: Any, devices: list[Any]) -> Report:
     config.batch_size = _BATCH.value
   _mesh_shape(config)
   mesh, rules = sharding.mesh_from_config(config, devices)
-  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = programs.frozen_text_encoder(
     config, mesh, rules, abstract=True
   )
-  step, _, abstract_state, _ = run_lib.jit_train_step(
+  step, _, abstract_state, _ = programs.jit_train_step(
     config, mesh, rules, text_apply, text_shardings
   )
   batch = train_lib.batch_shapes(
@@ -294,7 +303,7 @@ def compile_text(config: Any, devices: list[Any]) -> Report:
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config.logical_axis_rules)
   config.text.precomputed = False
-  apply, params, shardings = run_lib.frozen_text_encoder(
+  apply, params, shardings = programs.frozen_text_encoder(
     config, mesh, rules, abstract=True
   )
   batch = _BATCH_PER_CHIP.value * len(devices)

@@ -49,7 +49,7 @@ import time
 import imageio_ffmpeg
 from absl import app, flags
 
-from imagen_video_jax import data_build, run_lib
+from imagen_video_jax import data_build, reporting
 
 _STAGE = flags.DEFINE_string("stage", "base", "Stage config (runlocal variant).")
 _STEPS = flags.DEFINE_integer("steps", 30, "Training steps of each run.")
@@ -241,9 +241,11 @@ def verdict(name, workdir, statuses, logs, reference, note="", extra_saves=()) -
   equal = all(
     loss == reference["losses"].get(step)
     for f in files
-    for step, loss in run_lib.logged_scalars(workdir, "loss", [f]).items()
+    for step, loss in reporting.logged_scalars(workdir, "loss", [f]).items()
   )
-  covered = set().union(*(run_lib.logged_scalars(workdir, "loss", [f]) for f in files))
+  covered = set().union(
+    *(reporting.logged_scalars(workdir, "loss", [f]) for f in files)
+  )
   same_config = read(os.path.join(workdir, "config.json")) == reference["config"]
   lost = [c for c in kept if c not in have] + ([] if same_config else ["config.json"])
   errors, tracebacks = complaints(logs)
@@ -277,7 +279,7 @@ def main(argv: list[str]) -> None:
   assert status == 0, f"the reference run failed ({status}); see {log}"
   reference = dict(
     workdir=workdir("reference"),
-    losses=run_lib.logged_scalars(workdir("reference"), "loss"),
+    losses=reporting.logged_scalars(workdir("reference"), "loss"),
     config=read(os.path.join(workdir("reference"), "config.json")),
   )
   print(f"reference: {total} steps in {time.time() - t0:.0f} s (with compiling)")

@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import data_build, run_lib
+from imagen_video_jax import data_build, reporting
 
 _MESHES = ("8,1,1", "1,8,1", "2,4,1", "2,2,2", "1,4,2")
 _STAGES = flags.DEFINE_list("stages", ["base"], "Stage configs (runlocal variant).")
@@ -85,7 +85,7 @@ def train(
     status = subprocess.run(command, cwd=_ROOT, env=env, stdout=f, stderr=f).returncode
   if status:
     raise RuntimeError(f"{stage} on {spec} exited with {status}; see {log}")
-  return run_lib.logged_scalars(workdir, "loss")
+  return reporting.logged_scalars(workdir, "loss")
 
 
 def main(argv: list[str]) -> None:

@@ -5,7 +5,7 @@ r"""Throughput and memory of each demo stage's train and distillation steps.
   python -m imagen_video_jax.benchmarks.train --programs=train,guidance,halving
 
 Builds the stage's model, optimizer, sharded state and step with the binaries'
-own functions (`run_lib.jit_train_step`, `run_lib.jit_distill_steps`; mesh
+own functions (`programs.jit_train_step`, `programs.jit_distill_steps`; mesh
 (-1, 1, 1) over all local devices), times `--steps` calls of the jitted,
 state-donating step on a synthetic batch, and prints steps/s, examples/s,
 TFLOP/s per device (from the compiled step's cost analysis), MFU where the
@@ -23,7 +23,15 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from imagen_video_jax import config_utils, distill_lib, run_lib, sharding, train_lib
+from imagen_video_jax import (
+  config_utils,
+  distill_lib,
+  programs,
+  reporting,
+  sharding,
+  train_lib,
+)
+from imagen_video_jax.benchmarks import util
 
 _STAGES = flags.DEFINE_list("stages", ["base", "tsr1", "ssr1"], "Stage configs.")
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant.")
@@ -67,7 +75,7 @@ def jit_step(
     arguments are a halving round's start and step count.
   """
   if program == "train":  # train.py's step.
-    step, init_fn, _, shardings = run_lib.jit_train_step(
+    step, init_fn, _, shardings = programs.jit_train_step(
       config, mesh, rules, text_apply, text_shardings
     )
     return step, init_fn, shardings, ()
@@ -76,7 +84,7 @@ def jit_step(
       f"--programs: {program!r} is none of train, {', '.join(distill_lib.KINDS)}."
     )
   # distill.py's steps, on a state holding the teacher's params too.
-  d = run_lib.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
+  d = programs.jit_distill_steps(config, mesh, rules, text_apply, text_shardings)
   extra = (np.int32(0), np.int32(config.distill.final_sampling_steps))
   return d.steps[program], d.init_fn, d.state_shardings, extra
 
@@ -87,7 +95,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
   mesh = sharding.make_mesh((-1, 1, 1))
   rules = sharding.logical_rules(config.logical_axis_rules)
   sharding.check_batch_size(config.batch_size, mesh, rules)
-  text_apply, text_params, text_shardings = run_lib.frozen_text_encoder(
+  text_apply, text_params, text_shardings = programs.frozen_text_encoder(
     config, mesh, rules
   )
   step_fn, init_fn, shardings, extra = jit_step(
@@ -96,7 +104,7 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
   state = sharding.sharded_init(init_fn, jax.random.key(config.seed), shardings)
   batch = synthetic_batch(config, mesh, rules)
   compiled = step_fn.lower(state, batch, text_params, *extra).compile()
-  flops = run_lib.compiled_flops(compiled)
+  flops = reporting.compiled_flops(compiled)
   state, metrics = compiled(state, batch, text_params, *extra)  # Warm-up.
   jax.block_until_ready(metrics)
   start = time.perf_counter()
@@ -104,14 +112,14 @@ def benchmark(stage: str, program: str = "train") -> dict[str, float]:
     state, metrics = compiled(state, batch, text_params, *extra)
   jax.block_until_ready((state, metrics))
   seconds = (time.perf_counter() - start) / _STEPS.value
-  peak = run_lib.peak_flops_per_device(config)
+  peak = reporting.peak_flops_per_device(config)
   tflops = flops / seconds / 1e12
   return dict(
     steps_per_sec=1.0 / seconds,
     examples_per_sec=config.batch_size / seconds,
     tflops_per_device=tflops,
     mfu=tflops * 1e12 / peak if peak else float("nan"),
-    step_memory_mib=run_lib.memory_per_chip(compiled)["total"] / 2**20,
+    step_memory_mib=util.memory_per_chip(compiled)["total"] / 2**20,
     # The allocator's peak since start (GPU/TPU; cumulative over stages).
     device_peak_mib=(jax.devices()[0].memory_stats() or {}).get(
       "peak_bytes_in_use", float("nan")
