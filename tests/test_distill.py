@@ -400,10 +400,10 @@ def distill_args(teacher, workdir, data_dir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def distilled_run(tmp_path_factory, teachers, bouncing_digits_dir):
+def distilled_run(tmp_path_factory, teachers, bouncing_digits_dir, compile_cache):
   """The runlocal base distilled straight through: rounds of 4, 6, 6 steps."""
   workdir = tmp_path_factory.mktemp("distilled")
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  cache = compile_cache
   args = distill_args(teachers / "base", workdir, bouncing_digits_dir)
   run(args, train_env(cache), workdir / "log.txt", module="imagen_video_jax.distill")
   return args, cache, workdir

@@ -25,11 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def xla_flags(devices: int) -> str:
   """The suite's XLA flags (launch/test.sh) with `devices` CPU devices (last wins)."""
   return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
