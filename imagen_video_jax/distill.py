@@ -13,7 +13,7 @@ reads top to bottom as train.py does: processes -> config and teacher checks ->
 mesh -> workdir -> text encoder -> student and sharded state -> one step per
 round kind -> data and restore -> loop over the rounds (metrics, checkpoints,
 signals). A kill in any round resumes that round at its step and repeats the
-uninterrupted run exactly. Exit status as train.py's.
+uninterrupted run exactly. Exit status: run_lib's contract (README.md#exit-status).
 """
 
 import concurrent.futures

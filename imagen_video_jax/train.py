@@ -11,9 +11,7 @@ reads top to bottom: mesh -> workdir (checked, leased) -> text encoder -> model
 and sharded state -> train step -> data and restore -> config.json and metric
 writer -> loop (metrics, checkpoints, signals).
 
-Exit status (run_lib): 0 finished, 1 an error (one line in the log), 130 after
-SIGINT and 143 after SIGTERM (the step is saved first; during start-up there is
-nothing new to save and the process exits at once).
+Exit status: run_lib's contract (README.md#exit-status).
 """
 
 import concurrent.futures
