@@ -10,7 +10,6 @@ these same programs.
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,20 +54,19 @@ def frozen_text_encoder(
     encoder = text_encoder.TextEncoder.from_config(config.text, dtype=config.dtype)
     model = encoder.model
   ones = jnp.ones((1, 1), jnp.int32)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), ones, ones > 0)["params"]
-  sharding.check_undivided(boxed, mesh, rules, error=config.mesh.error_on_undivided)
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
+  abstract, shardings = sharding.abstract_state(
+    lambda rng: model.init(rng, ones, ones > 0)["params"],
+    jax.random.key(0),
+    mesh,
+    rules,
+    error_on_undivided=config.mesh.error_on_undivided,
+  )
 
   def apply(params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     return model.apply({"params": params}, tokens, mask)
 
   if encoder is None:
-    params = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.meta.unbox(boxed),
-      shardings,
-    )
-    return apply, params, shardings
+    return apply, abstract, shardings
   return apply, jax.device_put(encoder.params, shardings), shardings
 
 

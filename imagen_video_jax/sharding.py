@@ -182,22 +182,24 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Any = None) -> Any:
     A tree shaped like `nn.meta.unbox(abstract_tree)` of `NamedSharding`s. A
     dimension that a mesh axis does not divide evenly is replicated.
   """
-  specs = nn.get_partition_spec(abstract_tree)
-  with nn.logical_axis_rules(logical_rules(rules)):
-    mesh_specs = nn.logical_to_mesh(specs)
-  shapes = nn.meta.unbox(abstract_tree)
   return jax.tree.map(
     lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
-    mesh_specs,
-    shapes,
+    _mesh_specs(abstract_tree, rules),
+    nn.meta.unbox(abstract_tree),
     is_leaf=lambda x: isinstance(x, PartitionSpec),
   )
+
+
+def _mesh_specs(abstract_tree: Any, rules: Any) -> Any:
+  """The rules' PartitionSpec of each leaf (before `_fit`), as a tree."""
+  with nn.logical_axis_rules(logical_rules(rules)):
+    return nn.logical_to_mesh(nn.get_partition_spec(abstract_tree))
 
 
 class Undivided(NamedTuple):
   """A parameter that stays whole on every device: the mesh doesn't divide it."""
 
-  path: str  # e.g. "params/down_0_0/res/conv_0/kernel".
+  path: str  # e.g. "down_0_0/res/conv_0/kernel".
   shape: tuple[int, ...]
   nbytes: int
   spec: PartitionSpec  # What the rules asked for.
@@ -206,16 +208,14 @@ class Undivided(NamedTuple):
 def undivided(abstract_tree: Any, mesh: Mesh, rules: Any = None) -> list[Undivided]:
   """The leaves of `abstract_tree` that `logical_shardings` replicates although
   the rules split them, because a mesh axis does not divide their dimension."""
-  specs = nn.get_partition_spec(abstract_tree)
-  with nn.logical_axis_rules(logical_rules(rules)):
-    mesh_specs = nn.logical_to_mesh(specs)
+  specs = jax.tree.leaves(
+    _mesh_specs(abstract_tree, rules), is_leaf=lambda s: isinstance(s, PartitionSpec)
+  )
   shapes = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_tree))
   found = []
-  for (path, x), spec in zip(
-    shapes, jax.tree.leaves(mesh_specs, is_leaf=lambda s: isinstance(s, PartitionSpec))
-  ):
+  for (path, x), spec in zip(shapes, specs):
     if _fit(spec, x.shape, mesh) != _fit(spec, [0] * x.ndim, mesh):  # 0: divisible.
-      name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      name = jax.tree_util.keystr(path, simple=True, separator="/")
       nbytes = int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
       found.append(Undivided(name, tuple(x.shape), nbytes, spec))
   return found
