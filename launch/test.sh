@@ -7,17 +7,19 @@ cd "$(dirname "$0")/.."
 source launch/venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# XLA's CPU backend at -O0: the tests are bound by compiles of tiny models, which
-# it makes ~25% faster (a runlocal training run 59 -> 43 s); what they assert does
-# not depend on it (the binaries, the demo and benchmarks keep the default).
-export XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 ${XLA_FLAGS:-}"
+# XLA's CPU backend at -O0 and with its older loop emitters rather than the new
+# fusion emitters: the tests run tiny models and are bound by compiles, which these
+# make ~25% and another ~30% faster (a fresh runlocal training run 45 -> 32 s,
+# docs/CPU.md#the-tests-at--o0); what they assert does not depend on the kernels'
+# code (the binaries, the demo and benchmarks keep the defaults).
+export XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false ${XLA_FLAGS:-}"
 # On the CPU, even with libtpu installed (the test extra: benchmarks.compile
 # asks it for TPU topologies explicitly).
 export JAX_PLATFORMS=cpu
 # No huge pages here (launch/demo.sh sets them for training): the tests' many
 # small compiles ran ~6% slower with them (docs/CPU.md#huge-pages-for-xlas-temporaries).
-# TEST_WORKERS=2 runs two xdist workers (the tests that load libtpu share one, as
-# only one process may hold it); serial by default: on 2 cores the workers' training
-# subprocesses ran past their timeouts.
-exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-0}" --dist loadgroup \
+# Two xdist workers (TEST_WORKERS=0: serial): a serial run keeps 1.5 of the 2 cores
+# busy. Tests that share a module fixture's training run, and those that load libtpu
+# (one process may hold it), are each one xdist_group, run by one worker.
+exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadgroup \
   --durations=15 "$@"

@@ -10,10 +10,16 @@ import pytest
 # One persistent XLA compilation cache for the session, the tests' own process
 # and every binary they start (which inherit the environment): the same program
 # built twice, e.g. one stage's sampling loop in several tests, compiles once.
-# A fresh folder each session, so a run measures what CI's clean clone does.
-_CACHE = tempfile.mkdtemp(prefix="imagen_video_jax_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# A fresh folder each session, so a run measures what CI's clean clone does;
+# xdist's workers use the folder of the process that started them.
+_SHARED = "IMAGEN_VIDEO_JAX_TEST_XLA_CACHE"
+if "PYTEST_XDIST_WORKER" in os.environ and _SHARED in os.environ:
+  _CACHE = os.environ[_SHARED]
+else:
+  _CACHE = tempfile.mkdtemp(prefix="imagen_video_jax_xla_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(
+  {_SHARED: _CACHE},
   JAX_COMPILATION_CACHE_DIR=_CACHE,
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",

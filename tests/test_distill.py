@@ -129,9 +129,9 @@ def test_the_last_steps_target_is_the_teachers_x_hat_as_in_the_reference():
 
 def test_each_rounds_ema_warms_up_from_its_own_start():
   # A halving round starting at global step 40: its first update's EMA decay
-  # is the warm-up's first, min(decay, 1 / 10), not that of step 40.
-  config, model, _, student = _student()
-  tx, lr_fn = optimizers.make_optimizer(config.distill.optim, 100)
+  # is the warm-up's first, min(decay, 1 / 10), not that of step 40. (The
+  # program of _learn's halving round: one compile for both tests.)
+  config, student, tx, step, batch = _distill_step("halving", w_min=1.0, w_max=1.0)
   ema = jax.tree.map(lambda p: p + 1.0, student)
   state = dict(
     step=jnp.full((), 40, jnp.int32),
@@ -140,8 +140,6 @@ def test_each_rounds_ema_warms_up_from_its_own_start():
     teacher_params=student,
     opt_state=tx.init(student),
   )
-  step = jax.jit(distill_lib.make_distill_step(config, model, tx, lr_fn, "halving"))
-  batch = jax.tree.map(jnp.asarray, train_lib.synthetic_batch(config, 2, seed=1))
   new, metrics = step(state, batch, None, np.int32(40), np.int32(4))
   assert metrics["finite"]
   d = min(config.ema_decay, 0.1)
@@ -231,13 +229,24 @@ def test_student_equals_the_teacher_at_step_zero():
   assert np.max(np.abs(moved - want)) > 1e-4
 
 
-def _learn(kind, error_fn, steps=100, **distill):
-  """Trains a student `steps` steps on one batch; its error before and after."""
+def _distill_step(kind, **distill):
+  """(config, student params, optimizer, the jitted step of `kind`, a batch of 4
+  clips) for a student of a random teacher."""
   config, model, _, student = _student(**distill)
   # Adam's steps are lr-sized whatever the gradient: this random teacher, far
   # more sensitive to its weights than a trained one, learns at 1e-4.
   config.distill.optim.learning_rate = 1e-4
   tx, lr_fn = optimizers.make_optimizer(config.distill.optim, 100)
+  step = jax.jit(distill_lib.make_distill_step(config, model, tx, lr_fn, kind))
+  batch = jax.tree.map(jnp.asarray, train_lib.synthetic_batch(config, 4, seed=1))
+  batch["is_image"] = jnp.zeros_like(batch["is_image"])
+  return config, student, tx, step, batch
+
+
+def _learn(kind, error_fn, steps=100, **distill):
+  """Trains a student `steps` steps on one batch; its error before and after."""
+  config, student, tx, step, batch = _distill_step(kind, **distill)
+  model = stage_model.make_model(config)
   state = dict(
     step=jnp.zeros((), jnp.int32),
     params=student,
@@ -245,9 +254,6 @@ def _learn(kind, error_fn, steps=100, **distill):
     teacher_params=student,
     opt_state=tx.init(student),
   )
-  step = jax.jit(distill_lib.make_distill_step(config, model, tx, lr_fn, kind))
-  batch = jax.tree.map(jnp.asarray, train_lib.synthetic_batch(config, 4, seed=1))
-  batch["is_image"] = jnp.zeros_like(batch["is_image"])
   error = jax.jit(lambda p: error_fn(config, model, student, p, batch))
   before = float(error(state["params"]))
   losses = []
@@ -410,6 +416,7 @@ def distilled_run(tmp_path_factory, teachers, bouncing_digits_dir, compile_cache
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("distilled_run")
 def test_distillation_writes_a_student_of_the_final_step_count(distilled_run):
   _, _, workdir = distilled_run
   losses = logged_losses(workdir)
@@ -430,6 +437,7 @@ def test_distillation_writes_a_student_of_the_final_step_count(distilled_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("distilled_run")
 def test_sigkill_in_a_round_then_restart_repeats_the_straight_run_bitwise(
   distilled_run, teachers, tmp_path
 ):
@@ -454,6 +462,7 @@ def test_sigkill_in_a_round_then_restart_repeats_the_straight_run_bitwise(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("distilled_run")
 def test_a_halving_round_resumes_on_two_hosts_with_tensor_parallelism(
   distilled_run, tmp_path
 ):
@@ -503,6 +512,7 @@ def _students(teachers, distilled, root):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("distilled_run")
 def test_distilled_cascade_samples_end_to_end(distilled_run, teachers, tmp_path):
   root = tmp_path / "runs"
   root.mkdir()

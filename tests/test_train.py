@@ -106,6 +106,7 @@ def straight_run(tmp_path_factory, bouncing_digits_dir, compile_cache):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("straight_run")
 def test_base_loss_falls(straight_run):
   assert_loss_falls(straight_run[1])
   # Joint video-image training (paper Sec. 2.6): the default mixture gives
@@ -128,6 +129,7 @@ def test_sr_stage_loss_falls(stage, tmp_path, bouncing_digits_dir, compile_cache
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("straight_run")
 def test_sigkill_then_restart_repeats_the_straight_run_bitwise(
   straight_run, tmp_path, bouncing_digits_dir, compile_cache
 ):
@@ -190,6 +192,7 @@ def test_sigint_during_start_up_exits_at_once(tmp_path, bouncing_digits_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("straight_run")
 def test_damaged_latest_checkpoint_is_moved_aside_and_repeated_bitwise(
   straight_run, tmp_path, compile_cache
 ):
@@ -354,6 +357,7 @@ def resume_copy(workdir, tmp_path, step):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("batch8_runs")
 def test_paper_mesh_on_two_hosts_trains_the_global_batch_and_resumes_on_one(
   batch8_runs, tmp_path, compile_cache
 ):
@@ -385,6 +389,7 @@ def test_paper_mesh_on_two_hosts_trains_the_global_batch_and_resumes_on_one(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("batch8_runs")
 @pytest.mark.parametrize("stage", ["base", "tsr1"])
 def test_one_host_run_resumes_on_two_hosts_with_data_and_fsdp_axes(
   stage, batch8_runs, tmp_path, compile_cache
