@@ -7,12 +7,15 @@ cd "$(dirname "$0")/.."
 source launch/venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# XLA's CPU backend at -O0 and with its older loop emitters rather than the new
-# fusion emitters: the tests run tiny models and are bound by compiles, which these
-# make ~25% and another ~30% faster (a fresh runlocal training run 45 -> 32 s,
-# docs/CPU.md#the-tests-at--o0); what they assert does not depend on the kernels'
-# code (the binaries, the demo and benchmarks keep the defaults).
-export XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false ${XLA_FLAGS:-}"
+# XLA's CPU backend at -O0, on its older loop emitters rather than the new fusion
+# emitters, its LLVM code generated in one piece and its HLO scheduled for memory
+# rather than concurrency: the tests run tiny models and are bound by compiles,
+# which these make ~25%, 7-30% and ~13% faster (docs/CPU.md#the-tests-at--o0); what
+# they assert does not depend on it (the binaries, the demo and benchmarks keep the
+# defaults).
+export XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 \
+--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1 \
+--xla_cpu_enable_concurrency_optimized_scheduler=false ${XLA_FLAGS:-}"
 # On the CPU, even with libtpu installed (the test extra: benchmarks.compile
 # asks it for TPU topologies explicitly).
 export JAX_PLATFORMS=cpu
