@@ -131,7 +131,7 @@ def test_each_rounds_ema_warms_up_from_its_own_start():
   # A halving round starting at global step 40: its first update's EMA decay
   # is the warm-up's first, min(decay, 1 / 10), not that of step 40. (The
   # program of _learn's halving round: one compile for both tests.)
-  config, student, tx, step, batch = _distill_step("halving", w_min=1.0, w_max=1.0)
+  config, _, student, tx, step, batch = _distill_step("halving", w_min=1.0, w_max=1.0)
   ema = jax.tree.map(lambda p: p + 1.0, student)
   state = dict(
     step=jnp.full((), 40, jnp.int32),
@@ -230,8 +230,8 @@ def test_student_equals_the_teacher_at_step_zero():
 
 
 def _distill_step(kind, **distill):
-  """(config, student params, optimizer, the jitted step of `kind`, a batch of 4
-  clips) for a student of a random teacher."""
+  """(config, model, student params, optimizer, the jitted step of `kind`, a
+  batch of 4 clips) for a student of a random teacher."""
   config, model, _, student = _student(**distill)
   # Adam's steps are lr-sized whatever the gradient: this random teacher, far
   # more sensitive to its weights than a trained one, learns at 1e-4.
@@ -240,13 +240,12 @@ def _distill_step(kind, **distill):
   step = jax.jit(distill_lib.make_distill_step(config, model, tx, lr_fn, kind))
   batch = jax.tree.map(jnp.asarray, train_lib.synthetic_batch(config, 4, seed=1))
   batch["is_image"] = jnp.zeros_like(batch["is_image"])
-  return config, student, tx, step, batch
+  return config, model, student, tx, step, batch
 
 
 def _learn(kind, error_fn, steps=100, **distill):
   """Trains a student `steps` steps on one batch; its error before and after."""
-  config, student, tx, step, batch = _distill_step(kind, **distill)
-  model = stage_model.make_model(config)
+  config, model, student, tx, step, batch = _distill_step(kind, **distill)
   state = dict(
     step=jnp.zeros((), jnp.int32),
     params=student,
