@@ -32,17 +32,17 @@ PAPER_UNET = dict(
 def recipe(config: ml_collections.ConfigDict, variant: str) -> None:
   if variant != "demo":
     return
-  # Minutes on a 2-core CPU (launch/demo.sh). The demo trains on 8x8 crops,
-  # where the lowest level is 2x2 (4x4 when sampling full frames); without
-  # spatial attention it trains faster and keeps as many digits
+  # Minutes on a 2-core CPU (launch/demo.sh). Without spatial attention it
+  # trains faster and keeps as many digits
   # (docs/EXPERIMENTS.md#2026-11-25-tsr1-without-spatial-attention-8-sr-sampling-steps).
   config.model.spatial_attention = (False, False, False)
-  # Copying the base's digits is what these steps must learn; crops and
-  # 4-frame runs buy more steps in the same minutes
-  # (docs/EXPERIMENTS.md#2026-11-25-tsr1-on-8x8-crops,
-  # docs/EXPERIMENTS.md#2026-11-30-sr-stages-on-4-frame-runs).
-  config.stage.crop = (8, 8)
-  config.stage.crop_frames = 4  # Runs of 4 frames (2 input frames): 3x the steps/s.
+  # Runs of 4 frames (2 input frames): 3x the steps/s of whole clips
+  # (docs/EXPERIMENTS.md#2026-11-30-sr-stages-on-4-frame-runs). Of whole 16x16
+  # frames, not crops: filling in a frame, or extrapolating the last one, needs
+  # the digit's path in view. On 8x8 crops the last frame came out bright and
+  # discoloured, and whole frames cost about the same per step
+  # (docs/EXPERIMENTS.md#2026-12-06-tsr1s-last-frame-the-8x8-crops).
+  config.stage.crop_frames = 4
   config.total_steps = 1200
   config.optim.warmup_steps = 20  # 100 would be most of so short a run.
   # It keeps more digits than 2e-3

@@ -65,15 +65,19 @@ def _flag_config(*overrides):
 
 
 def test_stage_shape_reads_the_table_and_the_training_crop():
-  config = config_utils.load_config("configs/tsr1.py:demo")
+  config = config_utils.load_config("configs/ssr1.py:demo")
   shape = config_utils.StageShape.of(config.stage)
-  # STAGE_SHAPES["demo"]["tsr1"] and tsr1's demo recipe (8x8 crops, 4-frame runs).
-  assert (shape.size, shape.fps) == ((16, 16, 16), 8.0)
-  assert (shape.train_frames, shape.train_hw) == (4, (8, 8))
-  assert str(shape) == "16x16x16"
+  # STAGE_SHAPES["demo"]["ssr1"] and ssr1's demo recipe (16x16 crops, 4-frame runs).
+  assert (shape.size, shape.fps) == ((16, 32, 32), 8.0)
+  assert (shape.train_frames, shape.train_hw) == (4, (16, 16))
+  assert str(shape) == "16x32x32"
   source = config_utils.StageShape.of(config.stage.input)
-  assert (source.size, source.fps, source.crop) == ((8, 16, 16), 4.0, None)
-  assert (source.train_frames, source.train_hw) == (8, (16, 16))
+  assert (source.size, source.fps, source.crop) == ((16, 16, 16), 8.0, None)
+  assert (source.train_frames, source.train_hw) == (16, (16, 16))
+  tsr1 = config_utils.StageShape.of(
+    config_utils.load_config("configs/tsr1.py:demo").stage
+  )
+  assert (tsr1.train_frames, tsr1.train_hw) == (4, (16, 16))  # 4-frame runs, no crop.
   assert (
     config_utils.StageShape.of(
       config_utils.load_config("configs/base.py:demo").stage.input
