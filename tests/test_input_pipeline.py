@@ -46,7 +46,7 @@ def mesh():
 def make_config(spec, data_dir, **data):
   config = config_utils.load_config(os.path.join(ROOT, spec))
   config.data.data_dir = data_dir
-  if spec.endswith(("tsr1.py:demo", "ssr1.py:demo")):  # Crop-trained; test full frames.
+  if spec.endswith(("tsr1.py:demo", "ssr1.py:demo")):  # Trained on runs; test clips.
     config.stage.crop = config.stage.crop_frames = None
   config.batch_size = 8
   config.data.prefetch = 0
