@@ -152,7 +152,13 @@ def test_losses_match_their_snr_weights():
   z = schedules.diffuse(x, lam, noise)
   snr = np.exp(np.float64(lam))
   x_err = np.mean(np.float64(err) ** 2, axis=1)
-  weights = {"eps_mse": snr, "v_mse": 1 + snr, "truncated_snr": np.maximum(snr, 1)}
+  weights = {
+    "eps_mse": snr,
+    "v_mse": 1 + snr,
+    "truncated_snr": np.maximum(snr, 1),
+    "min_snr": np.minimum(snr, 5),  # lam spans log 5 = 1.6: both branches.
+    "clipped_snr": np.clip(snr, 1, 5),
+  }
   for parameterization in param_lib.PARAMETERIZATIONS:
     # The output of a model whose x prediction is off by err.
     x_hat = x + err

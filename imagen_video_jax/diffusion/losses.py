@@ -1,11 +1,16 @@
-"""Diffusion training losses (eq. 2, v-MSE, truncated-SNR) and the draw of t.
+"""Diffusion training losses (eq. 2, v-MSE, SNR-weighted) and the draw of t.
 
-All three are weighted squared errors of the denoised prediction, computed in the
+All five are weighted squared errors of the denoised prediction, computed in the
 space where the weight is one so that no huge factor multiplies a rounded error:
   eps_mse        ||eps - eps_hat||^2      = SNR ||x - x_hat||^2          (eq. 2)
   v_mse          ||v - v_hat||^2          = (1 + SNR) ||x - x_hat||^2
   truncated_snr  max(SNR, 1) ||x - x_hat||^2 = sigmoid(|lambda|) ||v - v_hat||^2
-(Salimans & Ho, 2022). Squared errors are averaged over the non-batch axes.
+                 (Salimans & Ho, 2022)
+  min_snr        min(SNR, 5) ||x - x_hat||^2 = min(SNR, 5) / (1 + SNR) ||v - v_hat||^2
+                 (Hang et al., 2023, with their gamma = 5)
+  clipped_snr    clip(SNR, 1, 5) ||x - x_hat||^2 (both of the above: v-MSE's
+                 weight at high noise, min-SNR's at low noise)
+Squared errors are averaged over the non-batch axes.
 """
 
 from collections.abc import Callable
@@ -18,7 +23,8 @@ from imagen_video_jax.diffusion import parameterizations as param_lib
 from imagen_video_jax.diffusion import schedules
 
 Array = jax.Array
-LOSSES = ("v_mse", "eps_mse", "truncated_snr")
+LOSSES = ("v_mse", "eps_mse", "truncated_snr", "min_snr", "clipped_snr")
+MIN_SNR_GAMMA = 5.0
 T_SAMPLING = ("uniform", "stratified", "antithetic")
 
 
@@ -69,8 +75,19 @@ def weighted_loss(
   v_err = _mean_sq(v - v_hat)
   if loss == "v_mse":
     return v_err
-  # max(SNR, 1) ||x - x_hat||^2 = max(SNR, 1) / (1 + SNR) ||v - v_hat||^2.
-  return jax.nn.sigmoid(jnp.abs(logsnr)) * v_err
+  if loss == "truncated_snr":
+    # max(SNR, 1) ||x - x_hat||^2 = max(SNR, 1) / (1 + SNR) ||v - v_hat||^2.
+    return jax.nn.sigmoid(jnp.abs(logsnr)) * v_err
+  # min(SNR, g) / (1 + SNR) is sigmoid(lambda) below log g and g sigmoid(-lambda)
+  # above: no exp(lambda) to overflow.
+  weight = jnp.where(
+    logsnr < jnp.log(MIN_SNR_GAMMA),
+    jax.nn.sigmoid(logsnr),
+    MIN_SNR_GAMMA * jax.nn.sigmoid(-logsnr),
+  )
+  if loss == "clipped_snr":  # max(., 1) / (1 + SNR) = sigmoid(-lambda) below 0.
+    weight = jnp.where(logsnr < 0.0, jax.nn.sigmoid(-logsnr), weight)
+  return weight * v_err
 
 
 def diffusion_loss(
@@ -93,7 +110,7 @@ def diffusion_loss(
     cond: conditioning pytree passed through to denoise_fn.
     logsnr_fn: schedule t -> lambda(t) (see schedules.get_logsnr_fn).
     parameterization: the model's output space, 'v' | 'eps' | 'x'.
-    loss: 'v_mse' | 'eps_mse' | 'truncated_snr'.
+    loss: one of LOSSES.
     t_sampling: 'uniform' | 'stratified' | 'antithetic'.
 
   Returns:
