@@ -220,9 +220,7 @@ def stage_config(
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.parameterization = "v"  # 'v' (paper Sec. 2.4) | 'eps' | 'x'.
-  c.diffusion.loss = (
-    "v_mse"  # Or "eps_mse" (eq. 2), "truncated_snr", "min_snr", "clipped_snr".
-  )
+  c.diffusion.loss = "v_mse"  # One of losses.LOSSES ('eps_mse' is eq. 2).
   c.diffusion.schedule = "cosine"  # Continuous logSNR schedule.
   c.diffusion.logsnr_min = -20.0  # lambda_min of the schedule.
   c.diffusion.logsnr_max = 20.0  # lambda_max of the schedule.

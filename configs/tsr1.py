@@ -45,7 +45,7 @@ def recipe(config: ml_collections.ConfigDict, variant: str) -> None:
   config.stage.crop_frames = 4
   # The SNR weight clipped to [1, 5] (v-MSE's is 1 + SNR): the low-noise draws
   # no longer drown the rest, and in the same steps the frames it fills in and
-  # the last one gain 10-20 points on ground truth
+  # the last one gain 11 and 21 points on ground truth
   # (docs/EXPERIMENTS.md#2026-12-07-snr-weighted-losses-for-the-base-and-tsr1).
   config.diffusion.loss = "clipped_snr"
   config.total_steps = 1200
