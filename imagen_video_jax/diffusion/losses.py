@@ -23,8 +23,13 @@ from imagen_video_jax.diffusion import parameterizations as param_lib
 from imagen_video_jax.diffusion import schedules
 
 Array = jax.Array
-LOSSES = ("v_mse", "eps_mse", "truncated_snr", "min_snr", "clipped_snr")
-MIN_SNR_GAMMA = 5.0
+# The SNR-weighted losses: clip(SNR, low, high) ||x - x_hat||^2 (None: no bound).
+SNR_CLIPS = {
+  "truncated_snr": (1.0, None),
+  "min_snr": (0.0, 5.0),
+  "clipped_snr": (1.0, 5.0),
+}
+LOSSES = ("v_mse", "eps_mse", *SNR_CLIPS)
 T_SAMPLING = ("uniform", "stratified", "antithetic")
 
 
@@ -75,18 +80,13 @@ def weighted_loss(
   v_err = _mean_sq(v - v_hat)
   if loss == "v_mse":
     return v_err
-  if loss == "truncated_snr":
-    # max(SNR, 1) ||x - x_hat||^2 = max(SNR, 1) / (1 + SNR) ||v - v_hat||^2.
-    return jax.nn.sigmoid(jnp.abs(logsnr)) * v_err
-  # min(SNR, g) / (1 + SNR) is sigmoid(lambda) below log g and g sigmoid(-lambda)
-  # above: no exp(lambda) to overflow.
-  weight = jnp.where(
-    logsnr < jnp.log(MIN_SNR_GAMMA),
-    jax.nn.sigmoid(logsnr),
-    MIN_SNR_GAMMA * jax.nn.sigmoid(-logsnr),
-  )
-  if loss == "clipped_snr":  # max(., 1) / (1 + SNR) = sigmoid(-lambda) below 0.
-    weight = jnp.where(logsnr < 0.0, jax.nn.sigmoid(-logsnr), weight)
+  # clip(SNR, lo, hi) / (1 + SNR) = min(max(SNR, lo), hi) / (1 + SNR), with
+  # SNR / (1 + SNR) = sigmoid(lambda) and 1 / (1 + SNR) = sigmoid(-lambda): no
+  # exp(lambda) to overflow (truncated_snr's is sigmoid(|lambda|)).
+  low, high = SNR_CLIPS[loss]
+  weight = jnp.maximum(jax.nn.sigmoid(logsnr), low * jax.nn.sigmoid(-logsnr))
+  if high is not None:
+    weight = jnp.minimum(weight, high * jax.nn.sigmoid(-logsnr))
   return weight * v_err
 
 
