@@ -80,7 +80,7 @@ def weighted_loss(
   v_err = _mean_sq(v - v_hat)
   if loss == "v_mse":
     return v_err
-  # clip(SNR, lo, hi) / (1 + SNR) = min(max(SNR, lo), hi) / (1 + SNR), with
+  # clip(SNR, low, high) / (1 + SNR) = min(max(SNR, low), high) / (1 + SNR), with
   # SNR / (1 + SNR) = sigmoid(lambda) and 1 / (1 + SNR) = sigmoid(-lambda): no
   # exp(lambda) to overflow (truncated_snr's is sigmoid(|lambda|)).
   low, high = SNR_CLIPS[loss]
