@@ -221,6 +221,10 @@ def stage_config(
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.parameterization = "v"  # 'v' (paper Sec. 2.4) | 'eps' | 'x'.
   c.diffusion.loss = "v_mse"  # One of losses.LOSSES ('eps_mse' is eq. 2).
+  # train.py trains on late_loss (one of losses.LOSSES; '' = never) from step
+  # late_loss_from on: e.g. a weighting for the coarse layout, then one for detail.
+  c.diffusion.late_loss = ""
+  c.diffusion.late_loss_from = 0
   c.diffusion.schedule = "cosine"  # Continuous logSNR schedule.
   c.diffusion.logsnr_min = -20.0  # lambda_min of the schedule.
   c.diffusion.logsnr_max = 20.0  # lambda_max of the schedule.

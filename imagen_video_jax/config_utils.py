@@ -12,6 +12,8 @@ import ml_collections
 from absl import logging
 from ml_collections import config_flags
 
+from imagen_video_jax.diffusion.losses import LOSSES
+
 # The repository: its `configs` package is what the stage configs import.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -221,6 +223,15 @@ def check_run_config(
     lambda v: v >= d.aug_logsnr_min,
     f">= aug_logsnr_min={d.aug_logsnr_min}",
   )
+  for key, allowed in (("loss", LOSSES), ("late_loss", ("", *LOSSES))):
+    if d[key] not in allowed:
+      errors.append(f"config.diffusion.{key}={d[key]!r} must be one of {allowed}")
+  if d.late_loss:
+    need(
+      "diffusion.late_loss_from",
+      lambda v: 0 <= v <= steps,
+      f"in [0, total_steps={steps}] (late_loss={d.late_loss!r})",
+    )
   for key in ("profile_steps", "data.prefetch", "data.worker_count"):
     need(key, lambda v: v >= 0, ">= 0")
   for name, weight in config.data.mixture.items():

@@ -241,6 +241,8 @@ def make_train_step(
         parameterization=diffusion.parameterization,
         loss=diffusion.loss,
         t_sampling=diffusion.t_sampling,
+        late_loss=diffusion.late_loss,
+        late=state["step"] >= diffusion.late_loss_from,
       )
       return loss.mean(), (loss, logsnr)
 

@@ -127,6 +127,8 @@ def test_every_stage_config_passes_the_run_checks(stage, variant):
     ("diffusion.text_dropout", 1.5, r"text_dropout=1.5 must be in \[0, 1\]"),
     ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
     ("max_bad_steps", 0, r"max_bad_steps=0 must be >= 1"),
+    ("diffusion.loss", "l1", r"diffusion.loss='l1' must be one of \('v_mse'"),
+    ("diffusion.late_loss", "min-snr", r"late_loss='min-snr' must be one of \('', "),
   ],
 )
 def test_a_bad_run_value_is_named(key, value, message):
@@ -134,6 +136,15 @@ def test_a_bad_run_value_is_named(key, value, message):
   section, _, name = key.rpartition(".")
   (config[section] if section else config)[name] = value
   with pytest.raises(ValueError, match=message):
+    config_utils.check_run_config(config)
+
+
+def test_a_late_loss_needs_its_step_in_the_run():
+  config = config_utils.load_config("configs/base.py:runlocal")
+  config.diffusion.late_loss_from = 10**6  # Ignored without a late_loss.
+  config_utils.check_run_config(config)
+  config.diffusion.late_loss = "min_snr"
+  with pytest.raises(ValueError, match=r"late_loss_from=1000000 must be in \[0, total"):
     config_utils.check_run_config(config)
 
 

@@ -187,6 +187,28 @@ def test_diffusion_loss_of_the_true_denoiser_is_zero():
   np.testing.assert_allclose(loss, 0.0, atol=1e-5)
 
 
+def test_the_late_loss_replaces_the_loss_where_late_holds():
+  x = jax.random.uniform(jax.random.key(8), (16, 3), minval=-1, maxval=1)
+  fn = schedules.get_logsnr_fn("cosine", -10.0, 10.0)
+
+  def run(late, **kwargs):
+    return losses.diffusion_loss(
+      lambda z, lam, c: 0.5 * z,
+      x,
+      jax.random.key(9),
+      None,
+      logsnr_fn=fn,
+      late=late,
+      **kwargs,
+    )[0]
+
+  early, min_snr = run(False), run(False, loss="min_snr")
+  assert not np.allclose(early, min_snr)  # The two weightings differ here.
+  np.testing.assert_array_equal(run(False, late_loss="min_snr"), early)
+  np.testing.assert_array_equal(run(True, late_loss="min_snr"), min_snr)
+  np.testing.assert_array_equal(run(jnp.array(True), late_loss=""), early)
+
+
 def test_t_sampling():
   t = np.asarray(losses.sample_t(jax.random.key(0), 16, "stratified"))
   assert sorted(np.floor(t * 16).astype(int)) == list(range(16))  # One per stratum.
@@ -241,6 +263,17 @@ def test_finite_losses_and_gradients_at_extreme_logsnr(parameterization, loss):
         loss="l1",
       ),
       "'l1'",
+    ),
+    (
+      lambda: losses.diffusion_loss(
+        lambda z, lam, c: z,
+        jnp.zeros((2, 2)),
+        jax.random.key(0),
+        None,
+        logsnr_fn=schedules.cosine_logsnr,
+        late_loss="snr",
+      ),
+      "'snr'",
     ),
   ],
 )

@@ -14,6 +14,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_checkpointing import damage
@@ -446,3 +447,27 @@ def test_bad_learning_rate_schedule_is_named(key, value):
   optim[key] = value
   with pytest.raises(ValueError, match=key):
     optimizers.learning_rate_schedule(optim, 1000)
+
+
+def test_the_late_loss_takes_over_at_its_step():
+  def step_losses(steps, **diffusion):
+    """The train step's loss at each of `steps` (same params, batch and seed)."""
+    config = config_utils.load_config("configs/base.py:runlocal,batch=2")
+    config.text.precomputed = True  # No text encoder to compile.
+    config.diffusion.update(diffusion)
+    model = stage_model.make_model(config)
+    tx, lr_fn = optimizers.make_optimizer(config.optim, config.total_steps)
+    state = train_lib.make_init_fn(config, model, tx)(jax.random.key(0))
+    train_step = jax.jit(train_lib.make_train_step(config, model, tx, lr_fn))
+    batch = train_lib.synthetic_batch(config, 2)
+    out = []
+    for step in steps:
+      state["step"] = jnp.asarray(step, state["step"].dtype)
+      out.append(float(train_step(state, batch, None)[1]["loss"]))
+    return out
+
+  late = step_losses([6, 7], loss="v_mse", late_loss="min_snr", late_loss_from=7)
+  v_mse = step_losses([6, 7], loss="v_mse")
+  min_snr = step_losses([7], loss="min_snr")
+  assert late[0] == v_mse[0]  # Its last early step ...
+  assert late[1] == min_snr[0] != v_mse[1]  # ... and its first late one.

@@ -100,6 +100,8 @@ def diffusion_loss(
   parameterization: str = "v",
   loss: str = "v_mse",
   t_sampling: str = "uniform",
+  late_loss: str = "",
+  late: Array | bool = False,
 ) -> tuple[Array, Array]:
   """Monte-Carlo diffusion loss for a clean batch.
 
@@ -112,12 +114,16 @@ def diffusion_loss(
     parameterization: the model's output space, 'v' | 'eps' | 'x'.
     loss: one of LOSSES.
     t_sampling: 'uniform' | 'stratified' | 'antithetic'.
+    late_loss: one of LOSSES, or '' for none: the loss where `late` holds.
+    late: scalar bool (traced: e.g. step >= a switch step); selects late_loss.
 
   Returns:
     (per-example loss [B], lambda used [B]) for per-lambda-bucket logging.
   """
   param_lib.check_parameterization(parameterization)
   _check_loss(loss)
+  if late_loss:
+    _check_loss(late_loss)
   t_rng, noise_rng = jax.random.split(rng)
   logsnr = logsnr_fn(sample_t(t_rng, x.shape[0], t_sampling))
   noise = jax.random.normal(noise_rng, x.shape, x.dtype)
@@ -126,4 +132,9 @@ def diffusion_loss(
   per_example = weighted_loss(
     output, x, noise, z, logsnr, parameterization=parameterization, loss=loss
   )
+  if late_loss:  # Same draw and forward pass; only the weighting changes.
+    per_late = weighted_loss(
+      output, x, noise, z, logsnr, parameterization=parameterization, loss=late_loss
+    )
+    per_example = jnp.where(late, per_late, per_example)
   return per_example, logsnr
