@@ -449,6 +449,7 @@ def test_bad_learning_rate_schedule_is_named(key, value):
     optimizers.learning_rate_schedule(optim, 1000)
 
 
+@pytest.mark.slow  # Two compiles of the train step, ~40 s.
 def test_the_late_loss_takes_over_at_its_step():
   def step_losses(steps, **diffusion):
     """The train step's loss at each of `steps` (same params, batch and seed)."""
